@@ -1,0 +1,92 @@
+"""What the store keeps: keys, their audit history and the change feed."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+DEFAULT_MAX_KEYS_PER_CONTACT_CENTER = 50
+
+
+class AuditAction(enum.Enum):
+    """What an audit event records; values are stored in the database."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    REVEALED = "revealed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyRecord:
+    """One stored API key. Holds no plaintext: only the lookup hash, the last
+    four characters and the encrypted secret."""
+
+    id: str
+    contact_center_id: str
+    name: str
+    description: str
+    scopes: tuple[str, ...]
+    lookup_hash: bytes
+    last4: str
+    secret_ciphertext: bytes
+    encryption_key_id: str
+    create_time: datetime
+    update_time: datetime
+    last_used_time: datetime | None
+    created_by: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditRecord:
+    """One entry of a key's append-only history. ``id`` is assigned by the
+    store and grows with every event, so it orders events newest-first."""
+
+    id: int
+    contact_center_id: str
+    key_id: str
+    action: AuditAction
+    actor_id: str
+    time: datetime
+    old_name: str = ""
+    new_name: str = ""
+    old_description: str = ""
+    new_description: str = ""
+    old_scopes: tuple[str, ...] = ()
+    new_scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyChanges:
+    """The fields an update sets; ``None`` leaves a field as it is."""
+
+    name: str | None = None
+    description: str | None = None
+    scopes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyCursor:
+    """Position after the last key of a page (keys are ordered newest first,
+    ties broken by id)."""
+
+    create_time: datetime
+    key_id: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyPage:
+    """One page of keys and how many keys match the query in all."""
+
+    keys: tuple[KeyRecord, ...]
+    total_size: int
+    has_more: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditPage:
+    """One page of audit events, newest first."""
+
+    events: tuple[AuditRecord, ...]
+    has_more: bool

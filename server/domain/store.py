@@ -1,0 +1,105 @@
+"""The storage the domain needs, as a Protocol.
+
+``server.store`` implements it on SQLAlchemy; ``server.cache`` wraps any
+implementation with the same interface. Every method is scoped: admin
+methods take the actor's contact center and never see another's keys.
+Implementations raise ``StoreUnavailable`` when the database cannot answer and
+never let driver errors escape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+from server.domain.records import (
+    AuditPage,
+    AuditRecord,
+    KeyChanges,
+    KeyCursor,
+    KeyPage,
+    KeyRecord,
+)
+
+
+class KeyStore(Protocol):
+    """Keys, their audit log, and lookups by hash for ``Check``."""
+
+    async def create_key(self, key: KeyRecord, *, max_keys: int) -> KeyRecord:
+        """Insert ``key`` and its ``created`` audit event in one transaction.
+
+        Raises ``KeyLimitExceeded`` if the contact center already holds
+        ``max_keys`` keys; concurrent creates can never exceed it.
+        """
+        ...
+
+    async def get_key(self, contact_center_id: str, key_id: str) -> KeyRecord | None:
+        """The key, or ``None`` if it does not exist in that contact center."""
+        ...
+
+    async def list_keys(
+        self,
+        contact_center_id: str,
+        *,
+        query: str,
+        after: KeyCursor | None,
+        limit: int,
+    ) -> KeyPage:
+        """Keys newest first whose name or description contains ``query``
+        (case-insensitive), starting after ``after``; at most ``limit``."""
+        ...
+
+    async def update_key(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        changes: KeyChanges,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Apply ``changes`` and append an ``updated`` audit event in one
+        transaction. Returns (before, after), or ``None`` if no such key."""
+        ...
+
+    async def delete_key(
+        self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
+    ) -> KeyRecord | None:
+        """Delete the key and append a ``deleted`` audit event in one
+        transaction. Returns the deleted key, or ``None`` if no such key.
+        The lookup hash is retired, never to be used by another key."""
+        ...
+
+    async def reveal_key(
+        self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
+    ) -> KeyRecord | None:
+        """Return the key and append a ``revealed`` audit event in one
+        transaction, or ``None`` if no such key."""
+        ...
+
+    async def list_audit_events(
+        self,
+        contact_center_id: str,
+        *,
+        key_id: str | None,
+        before_id: int | None,
+        limit: int,
+    ) -> AuditPage:
+        """Audit events newest first (descending ``id``), optionally of one
+        key (deleted keys included), with ``id < before_id``; at most
+        ``limit``."""
+        ...
+
+    async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The live key with this HMAC lookup hash, in any contact center."""
+        ...
+
+    async def record_last_used(self, uses: Mapping[str, datetime]) -> None:
+        """Set ``last_used_time`` of each key id to the given time unless
+        it is already later. Unknown (deleted) ids are ignored."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
