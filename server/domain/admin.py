@@ -1,0 +1,350 @@
+"""What admins do with their contact center's keys (contract sections 2, 4, 5).
+
+Each operation checks the actor's permission, validates its input (every bad
+field reported at once), and scopes every store call by the actor's contact
+center, so another tenant's key is indistinguishable from one that never
+existed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import unicodedata
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from server.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    KeyNotFound,
+    LookupHashTaken,
+    PermissionDenied,
+)
+from server.domain.keys import KeyCipher, KeyHasher, generate_key, last4
+from server.domain.paging import PageTokens, page_size
+from server.domain.permissions import Actor, Permission
+from server.domain.records import (
+    DEFAULT_MAX_KEYS_PER_CONTACT_CENTER,
+    AuditRecord,
+    KeyChanges,
+    KeyCursor,
+    KeyRecord,
+)
+from server.domain.scopes import SCOPE_CATALOG, Scope
+from server.domain.store import KeyStore
+
+MAX_NAME_LENGTH = 100
+MAX_DESCRIPTION_LENGTH = 500
+MAX_QUERY_LENGTH = 100
+MAX_ID_LENGTH = 64
+UPDATABLE_FIELDS = ("name", "description", "scopes")
+_KEY_ID_PREFIX = "key_"
+_ALLOWED_CONTROL_IN_DESCRIPTION = frozenset("\n\t")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyListing:
+    """One page of keys for ``ListKeys``."""
+
+    keys: tuple[KeyRecord, ...]
+    next_page_token: str
+    total_size: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuditListing:
+    """One page of audit events for ``ListAuditEvents``."""
+
+    events: tuple[AuditRecord, ...]
+    next_page_token: str
+
+
+class KeyAdministration:
+    """Creates, lists, edits, reveals and deletes a contact center's keys."""
+
+    def __init__(
+        self,
+        *,
+        store: KeyStore,
+        hasher: KeyHasher,
+        cipher: KeyCipher,
+        page_tokens: PageTokens,
+        max_keys: int = DEFAULT_MAX_KEYS_PER_CONTACT_CENTER,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._cipher = cipher
+        self._page_tokens = page_tokens
+        self._max_keys = max_keys
+        self._clock = clock
+
+    async def create_key(
+        self, actor: Actor, *, name: str, description: str, scopes: Sequence[str]
+    ) -> tuple[KeyRecord, str]:
+        """Creates a key; returns it and its plaintext secret (shown once)."""
+        _require(actor, Permission.CREATE)
+        violations: list[FieldViolation] = []
+        name = _name(name, violations)
+        description = _description(description, violations)
+        scope_names = _scopes(scopes, violations)
+        _raise_if(violations)
+        for _attempt in range(3):
+            secret = generate_key()
+            key_id = _KEY_ID_PREFIX + secrets.token_hex(12)
+            encryption_key_id, ciphertext = self._cipher.encrypt(
+                secret, associated_data=key_id.encode()
+            )
+            now = self._clock()
+            record = KeyRecord(
+                id=key_id,
+                contact_center_id=actor.contact_center_id,
+                name=name,
+                description=description,
+                scopes=scope_names,
+                lookup_hash=self._hasher.lookup_hash(secret),
+                last4=last4(secret),
+                secret_ciphertext=ciphertext,
+                encryption_key_id=encryption_key_id,
+                create_time=now,
+                update_time=now,
+                last_used_time=None,
+                created_by=actor.actor_id,
+            )
+            try:
+                return await self._store.create_key(record, max_keys=self._max_keys), secret
+            except LookupHashTaken:
+                continue
+        raise LookupHashTaken("could not generate an unused key")
+
+    async def get_key(self, actor: Actor, key_id: str) -> KeyRecord:
+        """The key, or ``KeyNotFound``."""
+        _require(actor, Permission.VIEW)
+        key_id = _key_id(key_id)
+        record = await self._store.get_key(actor.contact_center_id, key_id)
+        if record is None:
+            raise KeyNotFound(key_id)
+        return record
+
+    async def list_keys(
+        self, actor: Actor, *, query: str, page_size_: int, page_token: str
+    ) -> KeyListing:
+        """A page of keys whose name or description contains ``query``."""
+        _require(actor, Permission.VIEW)
+        violations: list[FieldViolation] = []
+        query = query.strip()
+        if len(query) > MAX_QUERY_LENGTH:
+            violations.append(
+                FieldViolation(
+                    field="query", description=f"must be at most {MAX_QUERY_LENGTH} characters"
+                )
+            )
+        limit = page_size(page_size_, violations)
+        _raise_if(violations)
+        binding = f"{actor.contact_center_id}\0{query.casefold()}"
+        after = None
+        if page_token:
+            position = self._page_tokens.decode(page_token, kind="keys", binding=binding)
+            after = _key_cursor(position)
+        page = await self._store.list_keys(
+            actor.contact_center_id, query=query, after=after, limit=limit
+        )
+        next_token = ""
+        if page.has_more and page.keys:
+            last = page.keys[-1]
+            next_token = self._page_tokens.encode(
+                kind="keys",
+                binding=binding,
+                position={"t": _micros(last.create_time), "i": last.id},
+            )
+        return KeyListing(keys=page.keys, next_page_token=next_token, total_size=page.total_size)
+
+    async def update_key(
+        self,
+        actor: Actor,
+        key_id: str,
+        *,
+        name: str,
+        description: str,
+        scopes: Sequence[str],
+        update_mask: Collection[str],
+    ) -> KeyRecord:
+        """Changes the fields named by ``update_mask`` (empty: all three)."""
+        _require(actor, Permission.EDIT)
+        violations: list[FieldViolation] = []
+        _check_key_id(key_id, "id", violations)
+        paths = set(update_mask) or set(UPDATABLE_FIELDS)
+        unknown = sorted(paths - set(UPDATABLE_FIELDS))
+        if unknown:
+            violations.append(
+                FieldViolation(
+                    field="update_mask",
+                    description=f"unknown paths {', '.join(unknown)}; "
+                    f"allowed: {', '.join(UPDATABLE_FIELDS)}",
+                )
+            )
+        changes = KeyChanges(
+            name=_name(name, violations) if "name" in paths else None,
+            description=_description(description, violations) if "description" in paths else None,
+            scopes=_scopes(scopes, violations) if "scopes" in paths else None,
+        )
+        _raise_if(violations)
+        result = await self._store.update_key(
+            actor.contact_center_id, key_id, changes, actor_id=actor.actor_id, time=self._clock()
+        )
+        if result is None:
+            raise KeyNotFound(key_id)
+        return result[1]
+
+    async def delete_key(self, actor: Actor, key_id: str) -> None:
+        """Deletes (revokes) the key."""
+        _require(actor, Permission.DELETE)
+        key_id = _key_id(key_id)
+        deleted = await self._store.delete_key(
+            actor.contact_center_id, key_id, actor_id=actor.actor_id, time=self._clock()
+        )
+        if deleted is None:
+            raise KeyNotFound(key_id)
+
+    async def reveal_key(self, actor: Actor, key_id: str) -> str:
+        """The key's plaintext secret; the store audits every reveal."""
+        _require(actor, Permission.VIEW)
+        key_id = _key_id(key_id)
+        record = await self._store.reveal_key(
+            actor.contact_center_id, key_id, actor_id=actor.actor_id, time=self._clock()
+        )
+        if record is None:
+            raise KeyNotFound(key_id)
+        return self._cipher.decrypt(
+            record.encryption_key_id, record.secret_ciphertext, associated_data=record.id.encode()
+        )
+
+    def list_scopes(self, actor: Actor) -> tuple[Scope, ...]:
+        """The scope catalog, sorted by name."""
+        _require(actor, Permission.VIEW)
+        return tuple(SCOPE_CATALOG[name] for name in sorted(SCOPE_CATALOG))
+
+    async def list_audit_events(
+        self, actor: Actor, *, key_id: str, page_size_: int, page_token: str
+    ) -> AuditListing:
+        """A page of audit events, newest first, optionally of one key."""
+        _require(actor, Permission.VIEW)
+        violations: list[FieldViolation] = []
+        if key_id:
+            _check_key_id(key_id, "key_id", violations)
+        limit = page_size(page_size_, violations)
+        _raise_if(violations)
+        binding = f"{actor.contact_center_id}\0{key_id}"
+        before_id = None
+        if page_token:
+            position = self._page_tokens.decode(page_token, kind="audit", binding=binding)
+            before_id = position.get("b")
+            if not isinstance(before_id, int):
+                raise _bad_page_token()
+        page = await self._store.list_audit_events(
+            actor.contact_center_id, key_id=key_id or None, before_id=before_id, limit=limit
+        )
+        next_token = ""
+        if page.has_more and page.events:
+            next_token = self._page_tokens.encode(
+                kind="audit", binding=binding, position={"b": page.events[-1].id}
+            )
+        return AuditListing(events=page.events, next_page_token=next_token)
+
+
+def _require(actor: Actor, permission: Permission) -> None:
+    if not actor.may(permission):
+        raise PermissionDenied(permission.value)
+
+
+def _raise_if(violations: list[FieldViolation]) -> None:
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def _key_id(key_id: str, *, field: str = "id") -> str:
+    violations: list[FieldViolation] = []
+    _check_key_id(key_id, field, violations)
+    _raise_if(violations)
+    return key_id
+
+
+def _check_key_id(key_id: str, field: str, violations: list[FieldViolation]) -> None:
+    if not key_id:
+        violations.append(FieldViolation(field=field, description="must not be empty"))
+    elif len(key_id) > MAX_ID_LENGTH or not key_id.isascii() or not key_id.isprintable():
+        violations.append(FieldViolation(field=field, description="is not a key id"))
+
+
+def _name(value: str, violations: list[FieldViolation]) -> str:
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        violations.append(
+            FieldViolation(field="name", description=f"must be 1 to {MAX_NAME_LENGTH} characters")
+        )
+    elif _has_control(name, allowed=frozenset()):
+        violations.append(
+            FieldViolation(field="name", description="must not contain control characters")
+        )
+    return name
+
+
+def _description(value: str, violations: list[FieldViolation]) -> str:
+    description = value.strip()
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        violations.append(
+            FieldViolation(
+                field="description",
+                description=f"must be at most {MAX_DESCRIPTION_LENGTH} characters",
+            )
+        )
+    elif _has_control(description, allowed=_ALLOWED_CONTROL_IN_DESCRIPTION):
+        violations.append(
+            FieldViolation(
+                field="description",
+                description="must not contain control characters other than newline and tab",
+            )
+        )
+    return description
+
+
+def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+    scopes = tuple(sorted(set(values)))
+    if not scopes:
+        violations.append(FieldViolation(field="scopes", description="must name at least one"))
+    for index, scope in enumerate(values):
+        if scope not in SCOPE_CATALOG:
+            violations.append(
+                FieldViolation(
+                    field=f"scopes[{index}]",
+                    description=f"unknown scope {scope[:64]!r}; see ListScopes",
+                )
+            )
+    return scopes
+
+
+def _has_control(text: str, *, allowed: frozenset[str]) -> bool:
+    return any(
+        unicodedata.category(char) in ("Cc", "Zl", "Zp") and char not in allowed for char in text
+    )
+
+
+def _key_cursor(position: dict[str, object]) -> KeyCursor:
+    micros, key_id = position.get("t"), position.get("i")
+    if not isinstance(micros, int) or not isinstance(key_id, str):
+        raise _bad_page_token()
+    return KeyCursor(
+        create_time=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros),
+        key_id=key_id,
+    )
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _bad_page_token() -> InvalidArgument:
+    return InvalidArgument(
+        [FieldViolation(field="page_token", description="is not a token this server issued")]
+    )

@@ -1,0 +1,33 @@
+"""The answer to ``Check``: allowed or not, and why."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Reason(enum.Enum):
+    """Why a check was decided as it was; mirrors the proto enum by name."""
+
+    ALLOWED = "REASON_ALLOWED"
+    KEY_MALFORMED = "REASON_KEY_MALFORMED"
+    KEY_NOT_FOUND = "REASON_KEY_NOT_FOUND"
+    SCOPE_MISSING = "REASON_SCOPE_MISSING"
+    ROUTE_NOT_FOUND = "REASON_ROUTE_NOT_FOUND"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """One check's outcome. ``allowed`` is true only for ``Reason.ALLOWED``."""
+
+    allowed: bool
+    reason: Reason
+    key_id: str = ""
+    contact_center_id: str = ""
+    granted_scopes: tuple[str, ...] = ()
+    required_scopes: tuple[str, ...] = ()
+    route: str = ""
+
+
+KEY_MALFORMED = Decision(allowed=False, reason=Reason.KEY_MALFORMED)
+ROUTE_NOT_FOUND = Decision(allowed=False, reason=Reason.ROUTE_NOT_FOUND)
