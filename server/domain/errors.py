@@ -70,6 +70,6 @@ class StoreUnavailable(DomainError):
     """The key store cannot answer now; callers must not guess."""
 
 
-class LookupHashTaken(DomainError):
-    """A new key's lookup hash is already used or retired; the key must be
-    generated again (a 256-bit collision, so in practice never)."""
+class KeyCollision(DomainError):
+    """A new key's id or lookup hash is already used or retired; the key must
+    be generated again (a 96- or 256-bit collision, so in practice never)."""

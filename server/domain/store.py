@@ -15,7 +15,6 @@ from typing import Protocol
 
 from server.domain.records import (
     AuditPage,
-    AuditRecord,
     KeyChanges,
     KeyCursor,
     KeyPage,
@@ -30,7 +29,8 @@ class KeyStore(Protocol):
         """Insert ``key`` and its ``created`` audit event in one transaction.
 
         Raises ``KeyLimitExceeded`` if the contact center already holds
-        ``max_keys`` keys; concurrent creates can never exceed it.
+        ``max_keys`` keys (concurrent creates can never exceed it) and
+        ``KeyCollision`` if the id or lookup hash was ever used.
         """
         ...
 

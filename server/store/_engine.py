@@ -1,0 +1,172 @@
+"""Database URLs and the async engines built from them.
+
+Two backends are supported: SQLite through aiosqlite (the embedded default)
+and PostgreSQL through asyncpg (shared by replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+SQLITE_DRIVER = "sqlite+aiosqlite"
+POSTGRES_DRIVER = "postgresql+asyncpg"
+
+# How long a SQLite writer waits for another process's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+# Bounds on PostgreSQL so that a dead or hung server shows up within seconds
+# instead of stalling every request.
+POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_COMMAND_TIMEOUT_S = 10
+POSTGRES_POOL_SIZE = 10
+POSTGRES_MAX_OVERFLOW = 10
+POOL_TIMEOUT_S = 10
+
+_WAL_SWITCH_ATTEMPTS = 20
+_WAL_SWITCH_RETRY_S = 0.05
+
+# Execution option naming the BEGIN a SQLite transaction starts with.
+_SQLITE_BEGIN = "apikeys_sqlite_begin"
+_SQLITE_BEGINS = {"deferred": "BEGIN", "immediate": "BEGIN IMMEDIATE"}
+
+_EXAMPLES = "sqlite+aiosqlite:///path/to/keys.db or postgresql+asyncpg://user@host:5432/dbname"
+
+
+def check_database_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` names a supported database.
+
+    The message never repeats a password from the URL.
+    """
+    _parse(url)
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError(f"malformed database URL; expected {_EXAMPLES}") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.drivername == SQLITE_DRIVER:
+        if parsed.database in (None, "", ":memory:") or parsed.database.startswith("file:"):
+            raise ValueError(
+                f"database URL {shown!r} names no SQLite file; "
+                "give a path, e.g. sqlite+aiosqlite:///var/keys.db"
+            )
+        if parsed.host or parsed.query:
+            raise ValueError(
+                f"database URL {shown!r}: a SQLite URL takes only a file path, "
+                "e.g. sqlite+aiosqlite:///var/keys.db"
+            )
+    elif parsed.drivername == POSTGRES_DRIVER:
+        # asyncpg takes a Unix socket directory as ?host=...
+        if not (parsed.host or parsed.query.get("host")) or not parsed.database:
+            raise ValueError(
+                f"database URL {shown!r} needs a host and a database name, "
+                "e.g. postgresql+asyncpg://user@host:5432/dbname"
+            )
+    else:
+        raise ValueError(f"unsupported database driver {parsed.drivername!r}; expected {_EXAMPLES}")
+    return parsed
+
+
+async def create_engine(url: str) -> AsyncEngine:
+    """A configured engine for ``url``; raises ``ValueError`` for a bad URL.
+
+    For SQLite the database file (and its directory) is created if missing
+    and put in WAL mode, and transactions begin with a plain (deferred)
+    ``BEGIN``; a write transaction should run on :func:`writer` of the engine
+    so that it takes the write lock up front.
+    """
+    parsed = _parse(url)
+    if parsed.drivername == SQLITE_DRIVER:
+        assert parsed.database is not None
+        await asyncio.to_thread(_prepare_sqlite_file, Path(parsed.database))
+        return _sqlite_engine(parsed)
+    return _postgres_engine(parsed)
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` for transactions that will write.
+
+    On SQLite they begin with ``BEGIN IMMEDIATE``: a deferred transaction that
+    reads first and then writes must upgrade its lock, and two of them doing
+    so at once fail with "database is locked" without waiting. Taking the
+    write lock at BEGIN makes writers queue on ``busy_timeout`` instead.
+    PostgreSQL ignores the option.
+    """
+    return engine.execution_options(**{_SQLITE_BEGIN: "immediate"})
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database and switch it to WAL, which lets readers run while
+    a writer commits.
+
+    The journal mode is stored in the file, so it is set once here, before
+    the engine opens any connection, rather than on every connect: switching
+    needs an exclusive lock, and SQLite refuses that without waiting while
+    another connection is mid-transaction. Two processes starting at once on
+    a new file can still collide, hence the few retries.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(_WAL_SWITCH_ATTEMPTS):
+        connection = sqlite3.connect(
+            path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or attempt + 1 == _WAL_SWITCH_ATTEMPTS:
+                raise
+        finally:
+            connection.close()
+        time.sleep(_WAL_SWITCH_RETRY_S)
+
+
+def _sqlite_engine(url: URL) -> AsyncEngine:
+    engine = create_async_engine(url, hide_parameters=True, pool_timeout=POOL_TIMEOUT_S)
+
+    # The recipe from SQLAlchemy's SQLite dialect documentation: the sqlite3
+    # module's own transaction handling does not BEGIN before a SELECT, so
+    # reads would not be isolated; SQLAlchemy emits BEGIN itself instead.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "deferred")
+        connection.exec_driver_sql(_SQLITE_BEGINS[mode])
+
+    return engine
+
+
+def _postgres_engine(url: URL) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_size=POSTGRES_POOL_SIZE,
+        max_overflow=POSTGRES_MAX_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT_S,
+        connect_args={
+            "timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "command_timeout": POSTGRES_COMMAND_TIMEOUT_S,
+            "server_settings": {"application_name": "apikeys"},
+        },
+    )

@@ -1,0 +1,104 @@
+"""The tables, as SQLAlchemy Core metadata.
+
+Migration ``0001_initial`` creates exactly these; a test compares the two.
+Times are integer microseconds since the Unix epoch (UTC) so that SQLite and
+PostgreSQL compare and order them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Scopes are stored as a JSON array of sorted names.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("contact_center_id", String(128), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    # Case-folded copies of name and description: searching them with a plain
+    # LIKE behaves the same for any script on both backends, whereas SQL
+    # lower() in SQLite folds ASCII only and in PostgreSQL depends on the
+    # database's locale.
+    Column("name_folded", Text, nullable=False),
+    Column("description_folded", Text, nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("lookup_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("last4", String(4), nullable=False),
+    Column("secret_ciphertext", LargeBinary, nullable=False),
+    Column("encryption_key_id", String(64), nullable=False),
+    Column("create_time", BigInteger, nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Column("last_used_time", BigInteger, nullable=True),
+    Column("created_by", String(128), nullable=False),
+)
+
+# The listing order, newest first; its leading column also serves every
+# lookup by contact center, so that needs no index of its own.
+Index(
+    "ix_api_keys_contact_center_id_create_time_id",
+    api_keys.c.contact_center_id,
+    api_keys.c.create_time.desc(),
+    api_keys.c.id.desc(),
+)
+
+# A deleted key's lookup hash moves here so no later key can take it.
+retired_lookup_hashes = Table(
+    "retired_lookup_hashes",
+    metadata,
+    Column("lookup_hash", LargeBinary(32), primary_key=True),
+)
+
+# No foreign key to api_keys: events outlive the key they describe.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("contact_center_id", String(128), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("actor_id", String(128), nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Column("old_name", Text, nullable=False),
+    Column("new_name", Text, nullable=False),
+    Column("old_description", Text, nullable=False),
+    Column("new_description", Text, nullable=False),
+    Column("old_scopes", Text, nullable=False),
+    Column("new_scopes", Text, nullable=False),
+    Index("ix_audit_events_contact_center_id_id", "contact_center_id", "id"),
+    Index(
+        "ix_audit_events_contact_center_id_key_id_id",
+        "contact_center_id",
+        "key_id",
+        "id",
+    ),
+)
+
+# One row per contact center that ever had a key: the live key count, kept
+# in step with api_keys so that a conditional UPDATE of this single row can
+# enforce the per-center limit under concurrent creates.
+contact_centers = Table(
+    "contact_centers",
+    metadata,
+    Column("contact_center_id", String(128), primary_key=True),
+    Column("key_count", Integer, nullable=False),
+)

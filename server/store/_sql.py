@@ -1,0 +1,609 @@
+"""``SqlKeyStore``: the ``KeyStore`` Protocol on SQLAlchemy Core.
+
+Every mutation and its audit event commit in one transaction. Driver and
+connection errors become ``StoreUnavailable`` in one place,
+:func:`_unavailable_on_error`, so no database text reaches a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Insert
+
+from server.domain.errors import KeyCollision, KeyLimitExceeded, StoreUnavailable
+from server.domain.records import (
+    AuditAction,
+    AuditPage,
+    AuditRecord,
+    KeyChanges,
+    KeyCursor,
+    KeyPage,
+    KeyRecord,
+)
+from server.domain.store import KeyStore
+from server.store._engine import create_engine, writer
+from server.store._schema import api_keys, audit_events, contact_centers, retired_lookup_hashes
+
+logger = logging.getLogger(__name__)
+
+# What a database outage or a broken database looks like from here: SQLAlchemy
+# wraps most driver errors, but a failed connect can surface as the raw
+# socket or driver exception (TimeoutError is an OSError).
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    OSError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+_MIGRATIONS = "server.store:migrations"
+# Key of the PostgreSQL advisory lock that makes replicas starting together
+# migrate one after another; any constant unique to this service will do.
+_MIGRATION_LOCK_ID = 0x61706B6579730001
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_LIKE_ESCAPE = "\\"
+
+
+async def open_store(database_url: str, *, migrate: bool = True) -> SqlKeyStore:
+    """Open the store at ``database_url``, first migrating it to the latest
+    schema unless ``migrate`` is false.
+
+    Raises ``ValueError`` for a malformed or unsupported URL and
+    ``StoreUnavailable`` when the database cannot be reached.
+    """
+    with _unavailable_on_error("open"):
+        engine = await create_engine(database_url)
+    if migrate:
+        try:
+            await _upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+    return SqlKeyStore(engine)
+
+
+async def migrate(database_url: str) -> None:
+    """Bring the database at ``database_url`` to the latest schema (Alembic
+    ``upgrade head``). Safe to run again, and from several replicas at once.
+
+    Raises ``ValueError`` for a malformed or unsupported URL and
+    ``StoreUnavailable`` when the database cannot be reached.
+    """
+    with _unavailable_on_error("migrate"):
+        engine = await create_engine(database_url)
+    try:
+        await _upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+class SqlKeyStore(KeyStore):
+    """The key store on SQLite (aiosqlite) or PostgreSQL (asyncpg).
+
+    Build one with :func:`open_store`, which configures the engine this
+    class relies on.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+        self._postgres = engine.dialect.name == "postgresql"
+        # SQLite runs one write transaction at a time anyway; queueing this
+        # process's writers here spares them the busy handler's sleep-and-retry
+        # (which also still guards against other processes).
+        self._sqlite_write_lock = None if self._postgres else asyncio.Lock()
+
+    async def create_key(self, key: KeyRecord, *, max_keys: int) -> KeyRecord:
+        """Insert ``key`` and its ``created`` audit event in one transaction.
+
+        Raises ``KeyLimitExceeded`` when the contact center already holds
+        ``max_keys`` keys and ``KeyCollision`` when the id is taken or a live
+        or deleted key had the same lookup hash.
+        """
+        row = _key_row(key)
+        stored = _key_record(row)
+        center = key.contact_center_id
+        async with self._write("create_key") as conn:
+            await conn.execute(
+                self._insert_ignoring_conflicts(contact_centers),
+                {"contact_center_id": center, "key_count": 0},
+            )
+            # The conditional increment is the limit: PostgreSQL makes
+            # concurrent creates queue on this row's lock and re-check the
+            # condition, SQLite has a single writer.
+            counted = await conn.execute(
+                update(contact_centers)
+                .where(
+                    contact_centers.c.contact_center_id == center,
+                    contact_centers.c.key_count < max_keys,
+                )
+                .values(key_count=contact_centers.c.key_count + 1)
+            )
+            if counted.rowcount != 1:
+                raise KeyLimitExceeded(center, max_keys)
+            inserted = await conn.execute(self._insert_ignoring_conflicts(api_keys), row)
+            if inserted.rowcount != 1:
+                taken = await conn.scalar(select(api_keys.c.id).where(api_keys.c.id == key.id))
+                if taken is not None:
+                    raise KeyCollision("key id in use")
+                raise KeyCollision("lookup hash in use")
+            # Checked after the insert: a concurrent delete of a key with this
+            # hash holds the unique index entry until it commits, by which time
+            # the hash is in the retired table for this query to see.
+            retired = await conn.scalar(
+                select(retired_lookup_hashes.c.lookup_hash).where(
+                    retired_lookup_hashes.c.lookup_hash == key.lookup_hash
+                )
+            )
+            if retired is not None:
+                raise KeyCollision("lookup hash retired")
+            await conn.execute(
+                insert(audit_events),
+                _audit_row(
+                    AuditAction.CREATED,
+                    stored,
+                    actor_id=stored.created_by,
+                    time=stored.create_time,
+                    new_name=stored.name,
+                    new_description=stored.description,
+                    new_scopes=stored.scopes,
+                ),
+            )
+        return stored
+
+    async def get_key(self, contact_center_id: str, key_id: str) -> KeyRecord | None:
+        """The key, or ``None`` if it does not exist in that contact center."""
+        async with self._read("get_key") as conn:
+            result = await conn.execute(
+                select(api_keys).where(
+                    api_keys.c.contact_center_id == contact_center_id, api_keys.c.id == key_id
+                )
+            )
+            row = result.mappings().first()
+        return None if row is None else _key_record(row)
+
+    async def list_keys(
+        self,
+        contact_center_id: str,
+        *,
+        query: str,
+        after: KeyCursor | None,
+        limit: int,
+    ) -> KeyPage:
+        """Keys newest first (ties by descending id) whose name or description
+        contains ``query`` case-insensitively, starting strictly after
+        ``after``; at most ``limit``. ``total_size`` counts every match."""
+        _check_limit(limit)
+        matching: list[ColumnElement[bool]] = [api_keys.c.contact_center_id == contact_center_id]
+        if query:
+            pattern = f"%{_escape_like(_fold(query))}%"
+            matching.append(
+                or_(
+                    api_keys.c.name_folded.like(pattern, escape=_LIKE_ESCAPE),
+                    api_keys.c.description_folded.like(pattern, escape=_LIKE_ESCAPE),
+                )
+            )
+        page = list(matching)
+        if after is not None:
+            after_time = _to_micros(after.create_time)
+            page.append(
+                or_(
+                    api_keys.c.create_time < after_time,
+                    and_(api_keys.c.create_time == after_time, api_keys.c.id < after.key_id),
+                )
+            )
+        async with self._read("list_keys", snapshot=True) as conn:
+            total = await conn.scalar(select(func.count()).select_from(api_keys).where(*matching))
+            result = await conn.execute(
+                select(api_keys)
+                .where(*page)
+                .order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc())
+                .limit(limit + 1)
+            )
+            rows = result.mappings().all()
+        return KeyPage(
+            keys=tuple(_key_record(row) for row in rows[:limit]),
+            total_size=int(total or 0),
+            has_more=len(rows) > limit,
+        )
+
+    async def update_key(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        changes: KeyChanges,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Apply ``changes``, set ``update_time`` and append an ``updated``
+        audit event in one transaction. Returns (before, after), or ``None``
+        if no such key.
+
+        The event holds old and new values of each field that ``changes``
+        sets; fields it leaves alone are empty on both sides.
+        """
+        values: dict[str, Any] = {"update_time": _to_micros(time)}
+        if changes.name is not None:
+            values["name"] = changes.name
+            values["name_folded"] = _fold(changes.name)
+        if changes.description is not None:
+            values["description"] = changes.description
+            values["description_folded"] = _fold(changes.description)
+        if changes.scopes is not None:
+            values["scopes"] = _dump_scopes(changes.scopes)
+        async with self._write("update_key") as conn:
+            result = await conn.execute(
+                select(api_keys)
+                .where(api_keys.c.contact_center_id == contact_center_id, api_keys.c.id == key_id)
+                .with_for_update()
+            )
+            row = result.mappings().first()
+            if row is None:
+                return None
+            before = _key_record(row)
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
+            after = _key_record({**row, **values})
+            await conn.execute(
+                insert(audit_events),
+                _audit_row(
+                    AuditAction.UPDATED,
+                    after,
+                    actor_id=actor_id,
+                    time=time,
+                    old_name=before.name if changes.name is not None else "",
+                    new_name=after.name if changes.name is not None else "",
+                    old_description=(before.description if changes.description is not None else ""),
+                    new_description=after.description if changes.description is not None else "",
+                    old_scopes=before.scopes if changes.scopes is not None else (),
+                    new_scopes=after.scopes if changes.scopes is not None else (),
+                ),
+            )
+        return before, after
+
+    async def delete_key(
+        self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
+    ) -> KeyRecord | None:
+        """Delete the key, retire its lookup hash and append a ``deleted``
+        audit event (with the key's last name, description and scopes as the
+        old values) in one transaction. Returns the deleted key, or ``None``
+        if no such key."""
+        async with self._write("delete_key") as conn:
+            result = await conn.execute(
+                delete(api_keys)
+                .where(api_keys.c.contact_center_id == contact_center_id, api_keys.c.id == key_id)
+                .returning(*api_keys.c)
+            )
+            row = result.mappings().first()
+            if row is None:
+                return None
+            deleted = _key_record(row)
+            await conn.execute(
+                self._insert_ignoring_conflicts(retired_lookup_hashes),
+                {"lookup_hash": deleted.lookup_hash},
+            )
+            await conn.execute(
+                update(contact_centers)
+                .where(contact_centers.c.contact_center_id == contact_center_id)
+                .values(key_count=contact_centers.c.key_count - 1)
+            )
+            await conn.execute(
+                insert(audit_events),
+                _audit_row(
+                    AuditAction.DELETED,
+                    deleted,
+                    actor_id=actor_id,
+                    time=time,
+                    old_name=deleted.name,
+                    old_description=deleted.description,
+                    old_scopes=deleted.scopes,
+                ),
+            )
+        return deleted
+
+    async def reveal_key(
+        self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
+    ) -> KeyRecord | None:
+        """Return the key and append a ``revealed`` audit event in one
+        transaction, or ``None`` if no such key."""
+        async with self._write("reveal_key") as conn:
+            # A shared row lock: a concurrent delete waits for this reveal, so
+            # a secret is never handed out after its key's deletion committed.
+            result = await conn.execute(
+                select(api_keys)
+                .where(api_keys.c.contact_center_id == contact_center_id, api_keys.c.id == key_id)
+                .with_for_update(read=True)
+            )
+            row = result.mappings().first()
+            if row is None:
+                return None
+            key = _key_record(row)
+            await conn.execute(
+                insert(audit_events),
+                _audit_row(AuditAction.REVEALED, key, actor_id=actor_id, time=time),
+            )
+        return key
+
+    async def list_audit_events(
+        self,
+        contact_center_id: str,
+        *,
+        key_id: str | None,
+        before_id: int | None,
+        limit: int,
+    ) -> AuditPage:
+        """Audit events newest first (descending ``id``), optionally of one
+        key (deleted keys included), with ``id < before_id``; at most
+        ``limit``."""
+        _check_limit(limit)
+        conditions: list[ColumnElement[bool]] = [
+            audit_events.c.contact_center_id == contact_center_id
+        ]
+        if key_id is not None:
+            conditions.append(audit_events.c.key_id == key_id)
+        if before_id is not None:
+            conditions.append(audit_events.c.id < before_id)
+        async with self._read("list_audit_events") as conn:
+            result = await conn.execute(
+                select(audit_events)
+                .where(*conditions)
+                .order_by(audit_events.c.id.desc())
+                .limit(limit + 1)
+            )
+            rows = result.mappings().all()
+        return AuditPage(
+            events=tuple(_audit_record(row) for row in rows[:limit]),
+            has_more=len(rows) > limit,
+        )
+
+    async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The live key with this HMAC lookup hash, in any contact center."""
+        async with self._read("find_by_lookup_hash") as conn:
+            result = await conn.execute(
+                select(api_keys).where(api_keys.c.lookup_hash == lookup_hash)
+            )
+            row = result.mappings().first()
+        return None if row is None else _key_record(row)
+
+    async def record_last_used(self, uses: Mapping[str, datetime]) -> None:
+        """Set ``last_used_time`` of each key id to the given time unless
+        it is already later, all in one transaction. Unknown (deleted) ids
+        are ignored."""
+        if not uses:
+            return
+        # Sorted so that replicas flushing overlapping batches lock rows in
+        # the same order and cannot deadlock.
+        params = [
+            {"b_key_id": key_id, "b_time": _to_micros(used)}
+            for key_id, used in sorted(uses.items())
+        ]
+        statement = (
+            update(api_keys)
+            .where(
+                api_keys.c.id == bindparam("b_key_id"),
+                or_(
+                    api_keys.c.last_used_time.is_(None),
+                    api_keys.c.last_used_time < bindparam("b_time"),
+                ),
+            )
+            .values(last_used_time=bindparam("b_time"))
+        )
+        async with self._write("record_last_used") as conn:
+            await conn.execute(statement, params)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed when the block ends, rolled back
+        if it raises."""
+        with _unavailable_on_error(operation):
+            async with contextlib.AsyncExitStack() as stack:
+                if self._sqlite_write_lock is not None:
+                    await stack.enter_async_context(self._sqlite_write_lock)
+                conn = await stack.enter_async_context(self._writer.begin())
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _read(
+        self, operation: str, *, snapshot: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction. With ``snapshot`` its statements all see
+        the same state (SQLite transactions always do)."""
+        with _unavailable_on_error(operation):
+            async with self.engine.connect() as conn:
+                if snapshot and self._postgres:
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                yield conn
+
+    def _insert_ignoring_conflicts(self, table: Any) -> Insert:
+        dialect_insert = postgresql.insert if self._postgres else sqlite.insert
+        return dialect_insert(table).on_conflict_do_nothing()
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(operation: str) -> Iterator[None]:
+    """Turn a database failure into ``StoreUnavailable``.
+
+    The caller's error carries no driver text, SQL or parameters; the log
+    gets the driver's error class and message (the engine hides parameters).
+    """
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        cause = getattr(exc, "orig", None) or exc
+        logger.warning(
+            "key store %s failed: %s: %s", operation, type(cause).__name__, _first_line(cause)
+        )
+        raise StoreUnavailable(f"the key store could not complete {operation}") from exc
+
+
+async def _upgrade(engine: AsyncEngine) -> None:
+    with _unavailable_on_error("migrate"):
+        async with writer(engine).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+            await conn.run_sync(_run_alembic)
+
+
+def _run_alembic(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", _MIGRATIONS)
+    config.set_main_option("path_separator", "os")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n", 1)[0]
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def _to_micros(time: datetime) -> int:
+    if time.utcoffset() is None:
+        raise ValueError("the key store takes timezone-aware datetimes only")
+    return (time - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _fold(text: str) -> str:
+    return text.casefold()
+
+
+def _escape_like(text: str) -> str:
+    return (
+        text.replace(_LIKE_ESCAPE, _LIKE_ESCAPE * 2)
+        .replace("%", _LIKE_ESCAPE + "%")
+        .replace("_", _LIKE_ESCAPE + "_")
+    )
+
+
+def _dump_scopes(scopes: Sequence[str]) -> str:
+    return json.dumps(sorted(scopes), separators=(",", ":"))
+
+
+def _load_scopes(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _key_row(key: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "contact_center_id": key.contact_center_id,
+        "name": key.name,
+        "description": key.description,
+        "name_folded": _fold(key.name),
+        "description_folded": _fold(key.description),
+        "scopes": _dump_scopes(key.scopes),
+        "lookup_hash": key.lookup_hash,
+        "last4": key.last4,
+        "secret_ciphertext": key.secret_ciphertext,
+        "encryption_key_id": key.encryption_key_id,
+        "create_time": _to_micros(key.create_time),
+        "update_time": _to_micros(key.update_time),
+        "last_used_time": (None if key.last_used_time is None else _to_micros(key.last_used_time)),
+        "created_by": key.created_by,
+    }
+
+
+def _key_record(row: Mapping[str, Any] | RowMapping) -> KeyRecord:
+    last_used = row["last_used_time"]
+    return KeyRecord(
+        id=row["id"],
+        contact_center_id=row["contact_center_id"],
+        name=row["name"],
+        description=row["description"],
+        scopes=_load_scopes(row["scopes"]),
+        lookup_hash=bytes(row["lookup_hash"]),
+        last4=row["last4"],
+        secret_ciphertext=bytes(row["secret_ciphertext"]),
+        encryption_key_id=row["encryption_key_id"],
+        create_time=_from_micros(row["create_time"]),
+        update_time=_from_micros(row["update_time"]),
+        last_used_time=None if last_used is None else _from_micros(last_used),
+        created_by=row["created_by"],
+    )
+
+
+def _audit_row(
+    action: AuditAction,
+    key: KeyRecord,
+    *,
+    actor_id: str,
+    time: datetime,
+    old_name: str = "",
+    new_name: str = "",
+    old_description: str = "",
+    new_description: str = "",
+    old_scopes: Sequence[str] = (),
+    new_scopes: Sequence[str] = (),
+) -> dict[str, Any]:
+    return {
+        "contact_center_id": key.contact_center_id,
+        "key_id": key.id,
+        "action": action.value,
+        "actor_id": actor_id,
+        "time": _to_micros(time),
+        "old_name": old_name,
+        "new_name": new_name,
+        "old_description": old_description,
+        "new_description": new_description,
+        "old_scopes": _dump_scopes(old_scopes),
+        "new_scopes": _dump_scopes(new_scopes),
+    }
+
+
+def _audit_record(row: RowMapping) -> AuditRecord:
+    return AuditRecord(
+        id=row["id"],
+        contact_center_id=row["contact_center_id"],
+        key_id=row["key_id"],
+        action=AuditAction(row["action"]),
+        actor_id=row["actor_id"],
+        time=_from_micros(row["time"]),
+        old_name=row["old_name"],
+        new_name=row["new_name"],
+        old_description=row["old_description"],
+        new_description=row["new_description"],
+        old_scopes=_load_scopes(row["old_scopes"]),
+        new_scopes=_load_scopes(row["new_scopes"]),
+    )

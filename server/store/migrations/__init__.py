@@ -1,0 +1,1 @@
+"""Alembic migrations of the key store; run them with ``server.store.migrate``."""

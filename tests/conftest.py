@@ -1,0 +1,143 @@
+"""Database fixtures for the whole suite.
+
+``database_url`` runs a test once per backend: SQLite in ``tmp_path`` and a
+fresh PostgreSQL database (created for the test, dropped after it). When
+PostgreSQL cannot be reached the PostgreSQL run is skipped, or fails when the
+``CI`` environment variable is set. ``APIKEYS_TEST_POSTGRES`` overrides the
+server to use (a libpq URL of a user allowed to create databases).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from server.domain.records import KeyRecord
+from server.store import SqlKeyStore, open_store
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "APIKEYS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+# Why PostgreSQL was unreachable, once a test has found out, so that the
+# remaining tests skip or fail at once instead of each waiting to connect.
+_postgres_unreachable: list[str] = []
+
+
+def _postgres_missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI requires PostgreSQL", pytrace=False)
+    pytest.skip(reason)
+
+
+async def _admin_connection() -> Any:
+    if _postgres_unreachable:
+        _postgres_missing(_postgres_unreachable[0])
+    try:
+        return await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        shown = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
+        _postgres_unreachable.append(f"PostgreSQL at {shown} is unreachable: {exc!r}")
+        _postgres_missing(_postgres_unreachable[0])
+        raise
+
+
+@asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database as a ``postgresql+asyncpg`` URL,
+    dropped (with any connections still open to it) on exit."""
+    name = f"apikeys_{secrets.token_hex(8)}"
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite database file (not yet created) in the test's directory."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'keys.db'}"
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for this test."""
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(
+    params=[pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'db' / 'keys.db'}"
+        return
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlKeyStore]:
+    """A migrated store on each backend, closed after the test."""
+    opened = await open_store(database_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+BASE_TIME = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class KeyFactory:
+    """Builds distinct ``KeyRecord`` values; each call's ``create_time`` is
+    one second after the previous one unless given."""
+
+    contact_center_id: str = "cc-1"
+    _count: int = field(default=0, init=False)
+
+    def __call__(self, **fields: Any) -> KeyRecord:
+        self._count += 1
+        created = fields.pop("create_time", BASE_TIME + timedelta(seconds=self._count))
+        values: dict[str, Any] = {
+            "id": f"key_{secrets.token_hex(12)}",
+            "contact_center_id": self.contact_center_id,
+            "name": f"key {self._count}",
+            "description": "",
+            "scopes": ("campaigns.read",),
+            "lookup_hash": secrets.token_bytes(32),
+            "last4": "Zx9k",
+            "secret_ciphertext": secrets.token_bytes(60),
+            "encryption_key_id": "k1",
+            "create_time": created,
+            "update_time": created,
+            "last_used_time": None,
+            "created_by": "user-1",
+        }
+        values.update(fields)
+        return KeyRecord(**values)
+
+
+@pytest.fixture
+def make_key() -> KeyFactory:
+    """A ``KeyFactory`` for contact center ``cc-1``."""
+    return KeyFactory()
