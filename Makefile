@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install serve test lint generate check-generated postgres bench clean
+.PHONY: install install-runtime serve test lint generate check-generated postgres bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+## Runtime dependencies only, non-editable (the Docker image uses this).
+install-runtime:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir .
 
 serve: $(STAMP)
 	$(BIN)/apikeys-server

@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from server.domain.errors import (
     FieldViolation,
     InvalidArgument,
+    KeyCollision,
     KeyNotFound,
-    LookupHashTaken,
     PermissionDenied,
 )
 from server.domain.keys import KeyCipher, KeyHasher, generate_key, last4
@@ -114,9 +114,9 @@ class KeyAdministration:
             )
             try:
                 return await self._store.create_key(record, max_keys=self._max_keys), secret
-            except LookupHashTaken:
+            except KeyCollision:
                 continue
-        raise LookupHashTaken("could not generate an unused key")
+        raise KeyCollision("could not generate an unused key")
 
     async def get_key(self, actor: Actor, key_id: str) -> KeyRecord:
         """The key, or ``KeyNotFound``."""
@@ -318,7 +318,8 @@ def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[st
             violations.append(
                 FieldViolation(
                     field=f"scopes[{index}]",
-                    description=f"unknown scope {scope[:64]!r}; see ListScopes",
+                    # Never echoed: a pasted secret must not come back in an error.
+                    description="is not a scope of the catalog; see ListScopes",
                 )
             )
     return scopes

@@ -1,0 +1,76 @@
+"""``Authorize``: the hot path. Kept thin: one call into the ``Authorizer``
+and one message built per check, errors answered by ``server.api.errors``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from server.api import convert
+from server.api.errors import abort
+from server.domain.authorize import Authorizer
+from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision
+from server.domain.errors import FieldViolation, InvalidArgument
+from voiso.apikeys.v1 import authorize_pb2 as pb
+from voiso.apikeys.v1 import authorize_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_BATCH = 100
+
+
+class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
+    """Answers ``Check`` and ``CheckBatch``."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._check = authorizer.check
+        # The two denials that carry nothing about the request are built once.
+        self._constant = {
+            id(KEY_MALFORMED): convert.check_response(KEY_MALFORMED),
+            id(ROUTE_NOT_FOUND): convert.check_response(ROUTE_NOT_FOUND),
+        }
+
+    async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
+        try:
+            decision = await self._check(request.key, request.method, request.path)
+        except Exception as exc:
+            await abort(context, exc)
+        return self._response(decision)
+
+    async def CheckBatch(
+        self, request: pb.CheckBatchRequest, context: Context
+    ) -> pb.CheckBatchResponse:
+        checks = request.checks
+        try:
+            _validate_batch(checks)
+            results = [
+                self._response(await self._check(item.key, item.method, item.path))
+                for item in checks
+            ]
+        except Exception as exc:
+            await abort(context, exc)
+        return pb.CheckBatchResponse(results=results)
+
+    def _response(self, decision: Decision) -> pb.CheckResponse:
+        constant = self._constant.get(id(decision))
+        return constant if constant is not None else convert.check_response(decision)
+
+
+def _validate_batch(checks: Any) -> None:
+    violations: list[FieldViolation] = []
+    if not 1 <= len(checks) <= MAX_BATCH:
+        violations.append(
+            FieldViolation(field="checks", description=f"must hold 1 to {MAX_BATCH} checks")
+        )
+    for index, item in enumerate(checks):
+        if not item.method:
+            violations.append(
+                FieldViolation(field=f"checks[{index}].method", description="must not be empty")
+            )
+        if not item.path:
+            violations.append(
+                FieldViolation(field=f"checks[{index}].path", description="must not be empty")
+            )
+    if violations:
+        raise InvalidArgument(violations)

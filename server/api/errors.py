@@ -1,0 +1,131 @@
+"""The one place that knows gRPC status codes.
+
+Domain errors become a status code, a safe message and rich details
+(``google.rpc.ErrorInfo`` always; ``BadRequest`` or ``QuotaFailure`` where
+they apply). Anything unexpected is logged here and answered as a plain
+``INTERNAL``: no driver or library text ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from server.domain.errors import (
+    DomainError,
+    InvalidArgument,
+    KeyLimitExceeded,
+    KeyNotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "apikeys.voiso.com"
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+ServicerT = TypeVar("ServicerT")
+
+
+def to_status(exc: BaseException) -> grpc.Status:
+    """The status a caller receives for ``exc``."""
+    code, message, reason, details = _describe(exc)
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+    packed = [_pack(info), *(_pack(detail) for detail in details)]
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[RequestT, ResponseT], exc: BaseException
+) -> NoReturn:
+    """Ends the call with the status for ``exc``; unexpected errors are
+    logged here, with their traceback, and answered as ``INTERNAL``."""
+    if not isinstance(exc, DomainError):
+        log.error("unexpected error", exc_info=exc)
+    status = to_status(exc)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+
+def translates_errors(
+    method: Callable[
+        [ServicerT, RequestT, grpc.aio.ServicerContext[RequestT, ResponseT]], Awaitable[ResponseT]
+    ],
+) -> Callable[
+    [ServicerT, RequestT, grpc.aio.ServicerContext[RequestT, ResponseT]], Awaitable[ResponseT]
+]:
+    """Decorates a servicer method so that its errors are answered here."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: ServicerT, request: RequestT, context: grpc.aio.ServicerContext[RequestT, ResponseT]
+    ) -> ResponseT:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, exc)
+
+    return wrapper
+
+
+def _describe(exc: BaseException) -> tuple[int, str, str, list[object]]:
+    if isinstance(exc, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=violation.field, description=violation.description
+                )
+                for violation in exc.violations
+            ]
+        )
+        message = "invalid request: " + "; ".join(
+            f"{v.field} {v.description}" for v in exc.violations
+        )
+        return code_pb2.INVALID_ARGUMENT, message, "INVALID_ARGUMENT", [bad_request]
+    if isinstance(exc, Unauthenticated):
+        return code_pb2.UNAUTHENTICATED, f"admin token rejected: {exc}", "TOKEN_INVALID", []
+    if isinstance(exc, PermissionDenied):
+        return (
+            code_pb2.PERMISSION_DENIED,
+            f"missing permission {exc.permission}",
+            "PERMISSION_MISSING",
+            [],
+        )
+    if isinstance(exc, KeyNotFound):
+        return code_pb2.NOT_FOUND, "key not found", "KEY_NOT_FOUND", []
+    if isinstance(exc, KeyLimitExceeded):
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"contact_center:{exc.contact_center_id}",
+                    description=f"at most {exc.limit} API keys per contact center",
+                )
+            ]
+        )
+        return (
+            code_pb2.RESOURCE_EXHAUSTED,
+            f"the contact center already has {exc.limit} keys; delete one first",
+            "KEY_LIMIT_REACHED",
+            [quota],
+        )
+    if isinstance(exc, StoreUnavailable):
+        return code_pb2.UNAVAILABLE, "key store unavailable; retry", "STORE_UNAVAILABLE", []
+    return code_pb2.INTERNAL, "internal error", "INTERNAL", []
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed

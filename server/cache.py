@@ -1,0 +1,185 @@
+"""The in-process key cache: a ``KeyStore`` wrapping any ``KeyStore``.
+
+Only ``find_by_lookup_hash`` (the ``Check`` path) is cached; admin reads go to
+the store. Found keys live for the TTL, unknown keys for the shorter negative
+TTL, so a flood of random well-formed keys costs one query per distinct key
+and then none. Concurrent misses for one hash share a single store query.
+
+Mutations made through this process drop the affected entry before they
+return, so the very next ``Check`` sees them. Mutations made elsewhere reach
+this cache through ``invalidate`` (the change feed). When the store fails,
+entries still within their TTL keep answering; everything else raises
+``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+
+from cachetools import TTLCache
+
+from server.domain.records import (
+    AuditPage,
+    KeyChanges,
+    KeyCursor,
+    KeyPage,
+    KeyRecord,
+)
+from server.domain.store import KeyStore
+
+
+class CachedKeyStore:
+    """A ``KeyStore`` that answers lookups by hash from memory."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        ttl: float,
+        size: int,
+        negative_ttl: float,
+        negative_size: int,
+    ) -> None:
+        self._store = store
+        self._found: TTLCache[bytes, KeyRecord] = TTLCache(maxsize=size, ttl=ttl)
+        self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_size, ttl=negative_ttl)
+        self._inflight: dict[bytes, asyncio.Future[KeyRecord | None]] = {}
+        # Bumped on every invalidation so that a lookup which started before
+        # it cannot put the stale answer back into the cache.
+        self._generation = 0
+
+    @property
+    def store(self) -> KeyStore:
+        """The wrapped store."""
+        return self._store
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The key from memory, or from the store on a miss (shared by
+        concurrent callers of the same hash)."""
+        record = self._found.get(lookup_hash)
+        if record is not None:
+            return record
+        if lookup_hash in self._unknown:
+            return None
+        pending = self._inflight.get(lookup_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
+        self._inflight[lookup_hash] = future
+        generation = self._generation
+        try:
+            record = await self._store.find_by_lookup_hash(lookup_hash)
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Waiters see the exception; nobody else needs to retrieve it.
+            future.exception()
+            raise
+        else:
+            future.set_result(record)
+            if generation == self._generation:
+                if record is None:
+                    self._unknown[lookup_hash] = True
+                else:
+                    self._found[lookup_hash] = record
+            return record
+        finally:
+            if self._inflight.get(lookup_hash) is future:
+                del self._inflight[lookup_hash]
+
+    def invalidate(self, lookup_hashes: frozenset[bytes] | set[bytes] | list[bytes]) -> None:
+        """Forgets what is known about these hashes."""
+        self._generation += 1
+        for lookup_hash in lookup_hashes:
+            self._found.pop(lookup_hash, None)
+            self._unknown.pop(lookup_hash, None)
+            # A lookup already under way may have read the old row: later
+            # callers must not join it.
+            self._inflight.pop(lookup_hash, None)
+
+    def clear(self) -> None:
+        """Forgets everything (used when changes may have been missed)."""
+        self._generation += 1
+        self._found.clear()
+        self._unknown.clear()
+        self._inflight.clear()
+
+    async def create_key(self, key: KeyRecord, *, max_keys: int) -> KeyRecord:
+        """Creates through the store and forgets the hash as unknown."""
+        created = await self._store.create_key(key, max_keys=max_keys)
+        self.invalidate([key.lookup_hash])
+        return created
+
+    async def get_key(self, contact_center_id: str, key_id: str) -> KeyRecord | None:
+        """Passed through: admin reads always see the store."""
+        return await self._store.get_key(contact_center_id, key_id)
+
+    async def list_keys(
+        self,
+        contact_center_id: str,
+        *,
+        query: str,
+        after: KeyCursor | None,
+        limit: int,
+    ) -> KeyPage:
+        """Passed through."""
+        return await self._store.list_keys(contact_center_id, query=query, after=after, limit=limit)
+
+    async def update_key(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        changes: KeyChanges,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Updates through the store, then drops the cached entry."""
+        result = await self._store.update_key(
+            contact_center_id, key_id, changes, actor_id=actor_id, time=time
+        )
+        if result is not None:
+            self.invalidate([result[0].lookup_hash])
+        return result
+
+    async def delete_key(
+        self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
+    ) -> KeyRecord | None:
+        """Deletes through the store, then drops the cached entry."""
+        deleted = await self._store.delete_key(
+            contact_center_id, key_id, actor_id=actor_id, time=time
+        )
+        if deleted is not None:
+            self.invalidate([deleted.lookup_hash])
+        return deleted
+
+    async def reveal_key(
+        self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
+    ) -> KeyRecord | None:
+        """Passed through."""
+        return await self._store.reveal_key(contact_center_id, key_id, actor_id=actor_id, time=time)
+
+    async def list_audit_events(
+        self,
+        contact_center_id: str,
+        *,
+        key_id: str | None,
+        before_id: int | None,
+        limit: int,
+    ) -> AuditPage:
+        """Passed through."""
+        return await self._store.list_audit_events(
+            contact_center_id, key_id=key_id, before_id=before_id, limit=limit
+        )
+
+    async def record_last_used(self, uses: Mapping[str, datetime]) -> None:
+        """Passed through."""
+        await self._store.record_last_used(uses)
+
+    async def close(self) -> None:
+        """Closes the wrapped store."""
+        await self._store.close()

@@ -1,0 +1,83 @@
+"""``apikeys-server``: the service's entry point.
+
+A bad option stops the server before it does anything, with one line naming
+the option and exit status 2; an unreachable database at start is one line
+and exit status 1. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.app import serve
+from server.domain.errors import StoreUnavailable
+from server.logs import configure_logging
+from server.settings import Settings, SettingsError, load_settings
+from server.store import migrate
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 2.0
+T = TypeVar("T")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``apikeys-server``; returns the exit status."""
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"apikeys-server: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        if settings.command == "health":
+            return _run(settings, lambda: _probe_health(settings))
+        if settings.command == "migrate":
+            _run(settings, lambda: migrate(settings.database_url))
+        else:
+            _run(settings, lambda: serve(settings))
+    except SettingsError as exc:
+        print(f"apikeys-server: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"apikeys-server: error: database unavailable: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _probe_health(settings: Settings) -> int:
+    wildcard = settings.listen_host in ("0.0.0.0", "::")  # noqa: S104 - probing, not binding
+    host = "127.0.0.1" if wildcard else settings.listen_host
+    target = f"[{host}]:{settings.listen_port}" if ":" in host else f"{host}:{settings.listen_port}"
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            print(f"apikeys-server: {target} not healthy: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{target} {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    loop_factory = None
+    if settings.uvloop:
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            log.info("uvloop not installed; using asyncio's event loop")
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())

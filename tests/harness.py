@@ -1,0 +1,101 @@
+"""The real server, started in-process on port 0 for tests."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from clients.devtoken import DEV_SIGNING_KEY_FILE, mint_dev_token
+from server.app import ApiKeysServer, prepare
+from server.settings import load_settings
+from voiso.apikeys.v1 import authorize_pb2_grpc, key_admin_pb2_grpc
+
+# What replicas sharing one PostgreSQL database are given in production.
+SHARED_SECRETS = (
+    "--hmac-secret",
+    base64.b64encode(b"h" * 32).decode(),
+    "--encryption-keys",
+    "test1:" + base64.b64encode(b"k" * 32).decode(),
+)
+
+ALL_PERMISSIONS = ("api_keys.view", "api_keys.create", "api_keys.edit", "api_keys.delete")
+
+
+@dataclass
+class Harness:
+    """A started server and what a test needs to talk to it."""
+
+    server: ApiKeysServer
+    data_dir: Path
+    channel: grpc.aio.Channel
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def admin(self) -> key_admin_pb2_grpc.KeyAdminStub:
+        return key_admin_pb2_grpc.KeyAdminStub(self.channel)
+
+    @property
+    def authorize(self) -> authorize_pb2_grpc.AuthorizeStub:
+        return authorize_pb2_grpc.AuthorizeStub(self.channel)
+
+    def token(
+        self,
+        *,
+        contact_center: str = "cc-1",
+        role: str = "admin",
+        permissions: Sequence[str] = (),
+        sag: bool = False,
+        subject: str = "admin-1",
+        ttl_seconds: int = 600,
+    ) -> str:
+        return mint_dev_token(
+            self.data_dir / DEV_SIGNING_KEY_FILE,
+            subject=subject,
+            contact_center_id=contact_center,
+            role=role,
+            permissions=list(permissions),
+            sag=sag,
+            ttl_seconds=ttl_seconds,
+        )
+
+    def auth(self, token: str | None = None, **claims: Any) -> tuple[tuple[str, str], ...]:
+        """Call metadata carrying ``token`` (or one minted from ``claims``)."""
+        return (("authorization", f"Bearer {token or self.token(**claims)}"),)
+
+
+@asynccontextmanager
+async def running_server(
+    data_dir: Path,
+    *,
+    args: Sequence[str] = (),
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
+    """Starts the real server on 127.0.0.1:0 and stops it afterwards.
+
+    The environment is ignored so that a developer's ``APIKEYS_*`` variables
+    cannot change what a test runs against.
+    """
+    settings = load_settings(
+        ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--log-format", "text", *args],
+        environ={},
+    )
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    server = ApiKeysServer(prepare(settings))
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield Harness(server=server, data_dir=data_dir, channel=channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
