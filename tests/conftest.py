@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from server.domain.records import KeyRecord
 from server.store import SqlKeyStore, open_store
+from tests.harness import SHARED_SECRETS, Harness, running_server
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "APIKEYS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -141,3 +142,19 @@ class KeyFactory:
 def make_key() -> KeyFactory:
     """A ``KeyFactory`` for contact center ``cc-1``."""
     return KeyFactory()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """The real server on the embedded default (SQLite in ``tmp_path``)."""
+    async with running_server(tmp_path / "var") as started:
+        yield started
+
+
+@pytest.fixture
+async def harness_on(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
+    """The real server on each backend of ``database_url``."""
+    async with running_server(
+        tmp_path / "var", args=["--database-url", database_url, *SHARED_SECRETS]
+    ) as started:
+        yield started
