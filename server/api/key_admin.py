@@ -44,7 +44,7 @@ class KeyAdminServicer(key_admin_pb2_grpc.KeyAdminServicer):
         listing = await self._admin.list_keys(
             current_actor(),
             query=request.query,
-            page_size_=request.page_size,
+            page_size=request.page_size,
             page_token=request.page_token,
         )
         return pb.ListKeysResponse(
@@ -95,7 +95,7 @@ class KeyAdminServicer(key_admin_pb2_grpc.KeyAdminServicer):
         listing = await self._admin.list_audit_events(
             current_actor(),
             key_id=request.key_id,
-            page_size_=request.page_size,
+            page_size=request.page_size,
             page_token=request.page_token,
         )
         return pb.ListAuditEventsResponse(

@@ -22,7 +22,7 @@ from server.domain.errors import (
     PermissionDenied,
 )
 from server.domain.keys import KeyCipher, KeyHasher, generate_key, last4
-from server.domain.paging import PageTokens, page_size
+from server.domain.paging import PageTokens, resolve_page_size
 from server.domain.permissions import Actor, Permission
 from server.domain.records import (
     DEFAULT_MAX_KEYS_PER_CONTACT_CENTER,
@@ -128,7 +128,7 @@ class KeyAdministration:
         return record
 
     async def list_keys(
-        self, actor: Actor, *, query: str, page_size_: int, page_token: str
+        self, actor: Actor, *, query: str, page_size: int, page_token: str
     ) -> KeyListing:
         """A page of keys whose name or description contains ``query``."""
         _require(actor, Permission.VIEW)
@@ -140,7 +140,7 @@ class KeyAdministration:
                     field="query", description=f"must be at most {MAX_QUERY_LENGTH} characters"
                 )
             )
-        limit = page_size(page_size_, violations)
+        limit = resolve_page_size(page_size, violations)
         _raise_if(violations)
         binding = f"{actor.contact_center_id}\0{query.casefold()}"
         after = None
@@ -226,14 +226,14 @@ class KeyAdministration:
         return tuple(SCOPE_CATALOG[name] for name in sorted(SCOPE_CATALOG))
 
     async def list_audit_events(
-        self, actor: Actor, *, key_id: str, page_size_: int, page_token: str
+        self, actor: Actor, *, key_id: str, page_size: int, page_token: str
     ) -> AuditListing:
         """A page of audit events, newest first, optionally of one key."""
         _require(actor, Permission.VIEW)
         violations: list[FieldViolation] = []
         if key_id:
             _check_key_id(key_id, "key_id", violations)
-        limit = page_size(page_size_, violations)
+        limit = resolve_page_size(page_size, violations)
         _raise_if(violations)
         binding = f"{actor.contact_center_id}\0{key_id}"
         before_id = None

@@ -67,7 +67,7 @@ class PageTokens:
         return hmac.new(self._key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def page_size(value: int, violations: list[FieldViolation]) -> int:
+def resolve_page_size(value: int, violations: list[FieldViolation]) -> int:
     """0 means the default; 1-100 as given; anything else is a violation."""
     if value == 0:
         return DEFAULT_PAGE_SIZE
