@@ -1,0 +1,263 @@
+"""Clients of the ``Authorize`` service, which v4 API services call on every request.
+
+Async methods take ``timeout`` rather than relying on ``asyncio.timeout``
+because it becomes the gRPC deadline the server sees and stops working at.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, Self
+
+import grpc
+
+from clients._channel import ChannelOptions, create_aio_channel, create_channel
+from clients._exceptions import InternalError
+from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
+
+__all__ = [
+    "DEFAULT_CHECK_TIMEOUT",
+    "MAX_CHECKS_PER_BATCH",
+    "AsyncAuthorizeClient",
+    "AuthorizeClient",
+    "Decision",
+    "Reason",
+    "key_from_authorization",
+]
+
+DEFAULT_CHECK_TIMEOUT: Final = 0.1
+"""Seconds a check may take, retries included, unless the options or the call say otherwise."""
+
+MAX_CHECKS_PER_BATCH: Final = 100
+"""How many checks one ``CheckBatch`` call carries; ``check_many`` splits longer lists."""
+
+CheckItem = tuple[str, str, str]
+"""``(key, method, path)`` of one check."""
+
+
+class Reason(enum.StrEnum):
+    """Why a check was decided as it was; values are the proto enum's names."""
+
+    UNSPECIFIED = "REASON_UNSPECIFIED"
+    ALLOWED = "REASON_ALLOWED"
+    KEY_MALFORMED = "REASON_KEY_MALFORMED"
+    KEY_NOT_FOUND = "REASON_KEY_NOT_FOUND"
+    SCOPE_MISSING = "REASON_SCOPE_MISSING"
+    ROUTE_NOT_FOUND = "REASON_ROUTE_NOT_FOUND"
+
+    @classmethod
+    def from_proto(cls, value: int) -> Reason:
+        """The reason for a proto enum value; ``UNSPECIFIED`` for values newer than this client."""
+        try:
+            return cls(authorize_pb2.Reason.Name(authorize_pb2.Reason.ValueType(value)))
+        except ValueError:
+            return cls.UNSPECIFIED
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """The answer to one check.
+
+    ``allowed`` is true only when the key exists and one of its scopes covers
+    the route. ``key_id``, ``contact_center_id`` and ``granted_scopes`` are set
+    when the key was found; ``required_scopes`` (any one suffices) and
+    ``route`` when a route matched.
+    """
+
+    allowed: bool
+    reason: Reason
+    key_id: str = ""
+    contact_center_id: str = ""
+    granted_scopes: tuple[str, ...] = ()
+    required_scopes: tuple[str, ...] = ()
+    route: str = ""
+
+    @classmethod
+    def from_proto(cls, response: authorize_pb2.CheckResponse) -> Decision:
+        """The decision a ``CheckResponse`` carries."""
+        reason = Reason.from_proto(response.reason)
+        return cls(
+            # Fails closed: an allow without the reason that proves it is a deny.
+            allowed=response.allowed and reason is Reason.ALLOWED,
+            reason=reason,
+            key_id=response.key_id,
+            contact_center_id=response.contact_center_id,
+            granted_scopes=tuple(response.granted_scopes),
+            required_scopes=tuple(response.required_scopes),
+            route=response.route,
+        )
+
+
+def key_from_authorization(value: str) -> str:
+    """The API key in a raw key or an ``Authorization`` header value.
+
+    ``"Bearer <key>"`` (scheme case-insensitive) gives ``<key>``; surrounding
+    whitespace is dropped. Any other scheme is returned as is, so the service
+    answers it as a malformed key.
+    """
+    value = value.strip()
+    parts = value.split(None, 1)
+    if parts and parts[0].lower() == "bearer":
+        return parts[1] if len(parts) == 2 else ""
+    return value
+
+
+def _check_request(key: str, method: str, path: str) -> authorize_pb2.CheckRequest:
+    return authorize_pb2.CheckRequest(key=key_from_authorization(key), method=method, path=path)
+
+
+def _batches(items: Sequence[CheckItem]) -> list[authorize_pb2.CheckBatchRequest]:
+    return [
+        authorize_pb2.CheckBatchRequest(
+            checks=[_check_request(*item) for item in items[start : start + MAX_CHECKS_PER_BATCH]]
+        )
+        for start in range(0, len(items), MAX_CHECKS_PER_BATCH)
+    ]
+
+
+def _batch_decisions(
+    request: authorize_pb2.CheckBatchRequest, response: authorize_pb2.CheckBatchResponse
+) -> list[Decision]:
+    if len(response.results) != len(request.checks):
+        # Results pair with checks by position; a short answer cannot be paired safely.
+        raise InternalError(
+            grpc.StatusCode.INTERNAL,
+            f"CheckBatch answered {len(response.results)} results for {len(request.checks)} checks",
+        )
+    return [Decision.from_proto(result) for result in response.results]
+
+
+class AuthorizeClient:
+    """A blocking ``Authorize`` client; one channel per client, shared by all calls and threads.
+
+    Failed calls raise :class:`~clients.ApiKeysError` subclasses; a deny is a
+    :class:`Decision`, not an error.
+    """
+
+    def __init__(self, options: ChannelOptions | None = None) -> None:
+        self._options = options if options is not None else ChannelOptions()
+        self._timeout = self._options.timeout or DEFAULT_CHECK_TIMEOUT
+        self._retrier = self._options.retrier()
+        self._channel = create_channel(self._options)
+        self._stub = authorize_pb2_grpc.AuthorizeStub(self._channel)
+
+    def check(self, key: str, method: str, path: str, *, timeout: float | None = None) -> Decision:
+        """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method`` ``path``."""
+        request = _check_request(key, method, path)
+        response = self._retrier.call(
+            lambda remaining: self._stub.Check(request, timeout=remaining),
+            timeout=self._timeout if timeout is None else timeout,
+        )
+        return Decision.from_proto(response)
+
+    def check_many(
+        self, items: Sequence[CheckItem], *, timeout: float | None = None
+    ) -> list[Decision]:
+        """Decisions for ``(key, method, path)`` items, in order, in batches of 100.
+
+        ``timeout`` applies to each batch.
+        """
+        return [
+            decision
+            for request in _batches(items)
+            for decision in self._check_batch(
+                request, self._timeout if timeout is None else timeout
+            )
+        ]
+
+    def _check_batch(
+        self, request: authorize_pb2.CheckBatchRequest, timeout: float
+    ) -> list[Decision]:
+        response = self._retrier.call(
+            lambda remaining: self._stub.CheckBatch(request, timeout=remaining), timeout=timeout
+        )
+        return _batch_decisions(request, response)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncAuthorizeClient:
+    """The ``asyncio`` form of :class:`AuthorizeClient`; create it inside the event loop."""
+
+    def __init__(self, options: ChannelOptions | None = None) -> None:
+        self._options = options if options is not None else ChannelOptions()
+        self._timeout = self._options.timeout or DEFAULT_CHECK_TIMEOUT
+        self._retrier = self._options.retrier()
+        self._channel = create_aio_channel(self._options)
+        self._stub = authorize_pb2_grpc.AuthorizeStub(self._channel)
+
+    async def check(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Decision:
+        """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method`` ``path``."""
+        request = _check_request(key, method, path)
+
+        async def attempt(remaining: float | None) -> authorize_pb2.CheckResponse:
+            return await self._stub.Check(request, timeout=remaining)
+
+        response = await self._retrier.acall(
+            attempt, timeout=self._timeout if timeout is None else timeout
+        )
+        return Decision.from_proto(response)
+
+    async def check_many(
+        self,
+        items: Sequence[CheckItem],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Decision]:
+        """Decisions for ``(key, method, path)`` items, in order, in batches of 100.
+
+        ``timeout`` applies to each batch.
+        """
+        decisions: list[Decision] = []
+        for request in _batches(items):
+            decisions.extend(
+                await self._check_batch(request, self._timeout if timeout is None else timeout)
+            )
+        return decisions
+
+    async def _check_batch(
+        self, request: authorize_pb2.CheckBatchRequest, seconds: float
+    ) -> list[Decision]:
+        async def attempt(remaining: float | None) -> authorize_pb2.CheckBatchResponse:
+            return await self._stub.CheckBatch(request, timeout=remaining)
+
+        response = await self._retrier.acall(attempt, timeout=seconds)
+        return _batch_decisions(request, response)
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,426 @@
+"""Clients of the ``KeyAdmin`` service, used by admin tooling and the ``apikeys`` CLI.
+
+Every call carries ``authorization: Bearer <token>`` metadata. Methods return
+the generated messages as they are. Async methods take ``timeout`` rather than
+relying on ``asyncio.timeout`` because it becomes the gRPC deadline the server
+sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import Final, Self
+
+from google.protobuf import field_mask_pb2
+
+from clients._channel import ChannelOptions, RetryPolicy, create_aio_channel, create_channel
+from voiso.apikeys.v1 import api_key_pb2, key_admin_pb2, key_admin_pb2_grpc
+
+__all__ = ["DEFAULT_ADMIN_TIMEOUT", "AsyncKeyAdminClient", "KeyAdminClient"]
+
+DEFAULT_ADMIN_TIMEOUT: Final = 5.0
+"""Seconds an admin call may take, retries included, unless options or call say otherwise."""
+
+
+def _metadata(token: str) -> tuple[tuple[str, str], ...]:
+    # Checked here so that gRPC never gets to quote a bad token in an error message.
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("the admin token must be non-empty printable ASCII without spaces")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _update_request(
+    key_id: str, name: str | None, description: str | None, scopes: Sequence[str] | None
+) -> key_admin_pb2.UpdateKeyRequest:
+    request = key_admin_pb2.UpdateKeyRequest(id=key_id)
+    paths = []
+    if name is not None:
+        request.name = name
+        paths.append("name")
+    if description is not None:
+        request.description = description
+        paths.append("description")
+    if scopes is not None:
+        request.scopes.extend(scopes)
+        paths.append("scopes")
+    if not paths:
+        # An empty mask means "all three" to the server: never send one by accident.
+        raise ValueError("update_key needs at least one of name, description, scopes")
+    request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=paths))
+    return request
+
+
+class KeyAdminClient:
+    """A blocking ``KeyAdmin`` client acting with one admin token.
+
+    Failed calls raise :class:`~clients.ApiKeysError` subclasses. Calls that
+    fail with ``UNAVAILABLE`` are retried, except ``create_key``: a retry after
+    a lost answer would create a second key.
+    """
+
+    def __init__(self, options: ChannelOptions | None = None, *, token: str) -> None:
+        self._options = options if options is not None else ChannelOptions()
+        self._metadata = _metadata(token)
+        self._timeout = self._options.timeout or DEFAULT_ADMIN_TIMEOUT
+        self._retrier = self._options.retrier()
+        self._once = dataclasses.replace(self._retrier, policy=RetryPolicy(max_attempts=1))
+        self._channel = create_channel(self._options)
+        self._stub = key_admin_pb2_grpc.KeyAdminStub(self._channel)
+
+    def create_key(
+        self,
+        name: str,
+        description: str = "",
+        scopes: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> tuple[api_key_pb2.ApiKey, str]:
+        """Creates a key; returns it and its secret, which is shown only this once."""
+        request = key_admin_pb2.CreateKeyRequest(name=name, description=description, scopes=scopes)
+        response = self._once.call(
+            lambda remaining: self._stub.CreateKey(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+        return response.key, response.secret
+
+    def get_key(self, key_id: str, *, timeout: float | None = None) -> api_key_pb2.ApiKey:
+        """One key of the token's contact center."""
+        request = key_admin_pb2.GetKeyRequest(id=key_id)
+        response = self._retrier.call(
+            lambda remaining: self._stub.GetKey(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+        return response.key
+
+    def list_keys(
+        self,
+        query: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> key_admin_pb2.ListKeysResponse:
+        """One page of keys, newest first; ``page_size`` 0 is the server's default (50)."""
+        request = key_admin_pb2.ListKeysRequest(
+            query=query, page_size=page_size, page_token=page_token
+        )
+        return self._retrier.call(
+            lambda remaining: self._stub.ListKeys(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+
+    def iter_keys(
+        self, query: str = "", page_size: int = 0, *, timeout: float | None = None
+    ) -> Iterator[api_key_pb2.ApiKey]:
+        """Every matching key, newest first, fetching page by page; ``timeout`` is per page."""
+        page_token = ""
+        while True:
+            page = self.list_keys(query, page_size, page_token, timeout=timeout)
+            yield from page.keys
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        scopes: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> api_key_pb2.ApiKey:
+        """Changes the given fields only (the update mask names exactly those); returns the key."""
+        request = _update_request(key_id, name, description, scopes)
+        response = self._retrier.call(
+            lambda remaining: self._stub.UpdateKey(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+        return response.key
+
+    def delete_key(self, key_id: str, *, timeout: float | None = None) -> None:
+        """Deletes a key, revoking it at once."""
+        request = key_admin_pb2.DeleteKeyRequest(id=key_id)
+        self._retrier.call(
+            lambda remaining: self._stub.DeleteKey(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+
+    def reveal_key(self, key_id: str, *, timeout: float | None = None) -> str:
+        """A key's full secret; the server audits every reveal."""
+        request = key_admin_pb2.RevealKeyRequest(id=key_id)
+        response = self._retrier.call(
+            lambda remaining: self._stub.RevealKey(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+        return response.secret
+
+    def list_scopes(self, *, timeout: float | None = None) -> list[api_key_pb2.ScopeInfo]:
+        """The scope catalog, sorted by name."""
+        request = key_admin_pb2.ListScopesRequest()
+        response = self._retrier.call(
+            lambda remaining: self._stub.ListScopes(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+        return list(response.scopes)
+
+    def list_audit_events(
+        self,
+        key_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> key_admin_pb2.ListAuditEventsResponse:
+        """One page of audit events, newest first, of one key if ``key_id`` is set."""
+        request = key_admin_pb2.ListAuditEventsRequest(
+            key_id=key_id, page_size=page_size, page_token=page_token
+        )
+        return self._retrier.call(
+            lambda remaining: self._stub.ListAuditEvents(
+                request, timeout=remaining, metadata=self._metadata
+            ),
+            timeout=self._deadline(timeout),
+        )
+
+    def iter_audit_events(
+        self, key_id: str = "", page_size: int = 0, *, timeout: float | None = None
+    ) -> Iterator[api_key_pb2.AuditEvent]:
+        """Every matching audit event, newest first, page by page; ``timeout`` is per page."""
+        page_token = ""
+        while True:
+            page = self.list_audit_events(key_id, page_size, page_token, timeout=timeout)
+            yield from page.events
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else timeout
+
+
+class AsyncKeyAdminClient:
+    """The ``asyncio`` form of :class:`KeyAdminClient`; create it inside the event loop."""
+
+    def __init__(self, options: ChannelOptions | None = None, *, token: str) -> None:
+        self._options = options if options is not None else ChannelOptions()
+        self._metadata = _metadata(token)
+        self._timeout = self._options.timeout or DEFAULT_ADMIN_TIMEOUT
+        self._retrier = self._options.retrier()
+        self._once = dataclasses.replace(self._retrier, policy=RetryPolicy(max_attempts=1))
+        self._channel = create_aio_channel(self._options)
+        self._stub = key_admin_pb2_grpc.KeyAdminStub(self._channel)
+
+    async def create_key(
+        self,
+        name: str,
+        description: str = "",
+        scopes: Sequence[str] = (),
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[api_key_pb2.ApiKey, str]:
+        """Creates a key; returns it and its secret, which is shown only this once."""
+        request = key_admin_pb2.CreateKeyRequest(name=name, description=description, scopes=scopes)
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.CreateKeyResponse:
+            return await self._stub.CreateKey(request, timeout=remaining, metadata=self._metadata)
+
+        response = await self._once.acall(attempt, timeout=self._deadline(timeout))
+        return response.key, response.secret
+
+    async def get_key(
+        self,
+        key_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> api_key_pb2.ApiKey:
+        """One key of the token's contact center."""
+        request = key_admin_pb2.GetKeyRequest(id=key_id)
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.GetKeyResponse:
+            return await self._stub.GetKey(request, timeout=remaining, metadata=self._metadata)
+
+        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        return response.key
+
+    async def list_keys(
+        self,
+        query: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> key_admin_pb2.ListKeysResponse:
+        """One page of keys, newest first; ``page_size`` 0 is the server's default (50)."""
+        request = key_admin_pb2.ListKeysRequest(
+            query=query, page_size=page_size, page_token=page_token
+        )
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.ListKeysResponse:
+            return await self._stub.ListKeys(request, timeout=remaining, metadata=self._metadata)
+
+        return await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+
+    async def iter_keys(
+        self,
+        query: str = "",
+        page_size: int = 0,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[api_key_pb2.ApiKey]:
+        """Every matching key, newest first, fetching page by page; ``timeout`` is per page."""
+        page_token = ""
+        while True:
+            page = await self.list_keys(query, page_size, page_token, timeout=timeout)
+            for key in page.keys:
+                yield key
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        scopes: Sequence[str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> api_key_pb2.ApiKey:
+        """Changes the given fields only (the update mask names exactly those); returns the key."""
+        request = _update_request(key_id, name, description, scopes)
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.UpdateKeyResponse:
+            return await self._stub.UpdateKey(request, timeout=remaining, metadata=self._metadata)
+
+        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        return response.key
+
+    async def delete_key(
+        self,
+        key_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Deletes a key, revoking it at once."""
+        request = key_admin_pb2.DeleteKeyRequest(id=key_id)
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.DeleteKeyResponse:
+            return await self._stub.DeleteKey(request, timeout=remaining, metadata=self._metadata)
+
+        await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+
+    async def reveal_key(
+        self,
+        key_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> str:
+        """A key's full secret; the server audits every reveal."""
+        request = key_admin_pb2.RevealKeyRequest(id=key_id)
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.RevealKeyResponse:
+            return await self._stub.RevealKey(request, timeout=remaining, metadata=self._metadata)
+
+        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        return response.secret
+
+    async def list_scopes(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[api_key_pb2.ScopeInfo]:
+        """The scope catalog, sorted by name."""
+        request = key_admin_pb2.ListScopesRequest()
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.ListScopesResponse:
+            return await self._stub.ListScopes(request, timeout=remaining, metadata=self._metadata)
+
+        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        return list(response.scopes)
+
+    async def list_audit_events(
+        self,
+        key_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> key_admin_pb2.ListAuditEventsResponse:
+        """One page of audit events, newest first, of one key if ``key_id`` is set."""
+        request = key_admin_pb2.ListAuditEventsRequest(
+            key_id=key_id, page_size=page_size, page_token=page_token
+        )
+
+        async def attempt(remaining: float | None) -> key_admin_pb2.ListAuditEventsResponse:
+            return await self._stub.ListAuditEvents(
+                request, timeout=remaining, metadata=self._metadata
+            )
+
+        return await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+
+    async def iter_audit_events(
+        self,
+        key_id: str = "",
+        page_size: int = 0,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[api_key_pb2.AuditEvent]:
+        """Every matching audit event, newest first, page by page; ``timeout`` is per page."""
+        page_token = ""
+        while True:
+            page = await self.list_audit_events(key_id, page_size, page_token, timeout=timeout)
+            for event in page.events:
+                yield event
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else timeout

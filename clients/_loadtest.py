@@ -1,0 +1,509 @@
+"""``apikeys loadtest``: many concurrent ``Check`` calls, counted by what the server answered.
+
+A run sends a mix of key kinds (valid, revoked, unknown, malformed, and keys
+given on the command line) across a set of routes from ``concurrency``
+coroutines sharing one or more channels, for a duration or a request count.
+Every answer is counted: decisions by reason (also per key kind, so a run shows
+whether each kind was decided as it should be), failed calls by gRPC code, and
+the latency of each answered call in an HdrHistogram. Calls go out on raw
+``grpc.aio`` stubs without client retries, so each request is exactly one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import secrets
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+import grpc
+from hdrh.histogram import HdrHistogram
+
+from clients._channel import ChannelOptions, _channel_arguments, _credentials
+from clients._key_admin import AsyncKeyAdminClient
+from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
+
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "DEFAULT_MIX",
+    "DEFAULT_ROUTES",
+    "KINDS",
+    "LoadPlan",
+    "LoadResult",
+    "PlanError",
+    "add_arguments",
+    "format_table",
+    "prepare_keys",
+    "run_command",
+    "run_load",
+    "well_formed_key",
+]
+
+KINDS: Final = ("valid", "revoked", "unknown", "malformed", "given")
+DEFAULT_MIX: Final = {"valid": 7, "revoked": 1, "unknown": 1, "malformed": 1, "given": 7}
+DEFAULT_ROUTES: Final = (
+    ("GET", "/api/v4/campaigns"),
+    ("GET", "/api/v4/reporting/cdrs"),
+    ("GET", "/api/v4/users"),
+)
+# The scopes of the keys a run creates: they cover every default route.
+LOADTEST_SCOPES: Final = ("campaigns.read", "reporting.cdrs.read", "users.read")
+PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
+DEFAULT_CALL_TIMEOUT: Final = 1.0
+DEFAULT_DURATION: Final = 10.0
+
+# The public key format (contract section 4), so unknown keys pass the
+# server's format check and cost it a lookup, as a guessed key would.
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_PREFIX = "vsk_"
+_SECRET_CHARS = 43
+_CHECKSUM_CHARS = 6
+MALFORMED_KEYS: Final = (
+    "",
+    "vsk_short",
+    "not-a-key",
+    # Right length and alphabet, wrong checksum: the look-alike a scanner rejects.
+    _PREFIX + "A" * (_SECRET_CHARS + _CHECKSUM_CHARS),
+)
+# Latencies are recorded in microseconds, up to a minute, to 3 significant digits.
+_HISTOGRAM_MAX_US = 60_000_000
+_PROGRESS_INTERVAL = 0.2
+_PROGRESS_WIDTH = 30
+
+
+def _channel(options: ChannelOptions) -> grpc.aio.Channel:
+    # Without a local subchannel pool, channels to one target would share a
+    # single connection and --connections would change nothing.
+    arguments: list[tuple[str, Any]] = [
+        *_channel_arguments(options),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if options.tls:
+        return grpc.aio.secure_channel(options.target, _credentials(options), options=arguments)
+    return grpc.aio.insecure_channel(options.target, options=arguments)
+
+
+def _base62(value: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        value, digit = divmod(value, 62)
+        digits.append(_ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def well_formed_key() -> str:
+    """A random key in the service's format that no server has issued."""
+    body = _PREFIX + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _SECRET_CHARS)
+    return body + _base62(zlib.crc32(body.encode("ascii")), _CHECKSUM_CHARS)
+
+
+class PlanError(ValueError):
+    """The command line asks for a run that cannot be made."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadPlan:
+    """What to send: keys by kind, how often each kind is picked, and the routes."""
+
+    keys: dict[str, tuple[str, ...]]
+    mix: dict[str, int]
+    routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES
+    concurrency: int = 50
+    connections: int = 1
+    duration: float | None = 10.0
+    requests: int | None = None
+    timeout: float = DEFAULT_CALL_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.connections < 1:
+            raise PlanError("concurrency and connections must be at least 1")
+        if (self.duration is None) == (self.requests is None):
+            raise PlanError("give either a duration or a request count")
+        if not self.routes:
+            raise PlanError("give at least one route")
+        if not any(self.mix.get(kind, 0) > 0 and self.keys.get(kind) for kind in KINDS):
+            raise PlanError("the mix selects no keys: give --key, or --token to create keys")
+
+    def schedule(self) -> list[tuple[str, authorize_pb2.CheckRequest]]:
+        """One cycle of ``(kind, request)``, each kind repeated by its weight,
+        kinds interleaved, so any prefix of the cycle keeps roughly the mix."""
+        per_kind = {
+            kind: itertools.cycle(
+                [
+                    authorize_pb2.CheckRequest(key=key, method=method, path=path)
+                    for key in self.keys[kind]
+                    for method, path in self.routes
+                ]
+            )
+            for kind in KINDS
+            if self.mix.get(kind, 0) > 0 and self.keys.get(kind)
+        }
+        longest = max(len(self.keys[kind]) * len(self.routes) for kind in per_kind)
+        cycle: list[tuple[str, authorize_pb2.CheckRequest]] = []
+        # Enough rounds that every distinct key and route of every kind is sent once per cycle.
+        for _ in range(max(1, longest)):
+            for weight_round in range(max(self.mix[kind] for kind in per_kind)):
+                for kind, requests in per_kind.items():
+                    if weight_round < self.mix[kind]:
+                        cycle.append((kind, next(requests)))
+        return cycle
+
+
+@dataclass(kw_only=True, slots=True)
+class LoadResult:
+    """What the server answered during one run."""
+
+    sent: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, Counter[str]] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
+    elapsed: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        """Calls that ended with a decision or a gRPC error."""
+        return sum(self.decisions.values()) + sum(self.errors.values())
+
+    @property
+    def throughput(self) -> float:
+        """Answered calls per second."""
+        return self.answered / self.elapsed if self.elapsed > 0 else 0.0
+
+    def percentile_ms(self, percentile: float) -> float:
+        """Latency of answered decisions at ``percentile``, in milliseconds."""
+        return float(self.latency.get_value_at_percentile(percentile)) / 1000.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form of ``--json``."""
+        return {
+            "elapsed_seconds": round(self.elapsed, 3),
+            "sent": sum(self.sent.values()),
+            "answered": self.answered,
+            "throughput_per_second": round(self.throughput, 1),
+            "latency_ms": {
+                f"p{percentile:g}": self.percentile_ms(percentile) for percentile in PERCENTILES
+            }
+            | {"max": float(self.latency.get_max_value()) / 1000.0},
+            "decisions": dict(sorted(self.decisions.items())),
+            "errors": dict(sorted(self.errors.items())),
+            "sent_by_kind": dict(sorted(self.sent.items())),
+            "decisions_by_kind": {
+                kind: dict(sorted(reasons.items()))
+                for kind, reasons in sorted(self.by_kind.items())
+            },
+        }
+
+
+async def prepare_keys(
+    options: ChannelOptions, token: str, *, valid: int, revoked: int
+) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """Creates ``valid`` keys and ``revoked`` keys (created, then deleted);
+    returns both secrets and the ids of the valid keys, for ``delete_keys``."""
+    valid_keys: list[str] = []
+    revoked_keys: list[str] = []
+    ids: list[str] = []
+    admin = AsyncKeyAdminClient(options, token=token)
+    try:
+        for index in range(valid + revoked):
+            key, secret = await admin.create_key(
+                f"loadtest-{index}", "created by apikeys loadtest", LOADTEST_SCOPES
+            )
+            if index < valid:
+                valid_keys.append(secret)
+                ids.append(key.id)
+            else:
+                await admin.delete_key(key.id)
+                revoked_keys.append(secret)
+    except BaseException:
+        await _delete(admin, ids)
+        raise
+    finally:
+        await admin.close()
+    return tuple(valid_keys), tuple(revoked_keys), ids
+
+
+async def delete_keys(options: ChannelOptions, token: str, ids: Sequence[str]) -> None:
+    """Deletes the keys ``prepare_keys`` created."""
+    admin = AsyncKeyAdminClient(options, token=token)
+    try:
+        await _delete(admin, ids)
+    finally:
+        await admin.close()
+
+
+async def _delete(admin: AsyncKeyAdminClient, ids: Sequence[str]) -> None:
+    for key_id in ids:
+        await admin.delete_key(key_id)
+
+
+async def run_load(
+    plan: LoadPlan, options: ChannelOptions, *, progress: TextIO | None = None
+) -> LoadResult:
+    """Sends the plan's checks and counts the answers; ``progress`` (a TTY)
+    gets a progress bar."""
+    schedule = plan.schedule()
+    result = LoadResult()
+    by_kind = result.by_kind
+    reason_names = {
+        value: authorize_pb2.Reason.Name(value) for value in authorize_pb2.Reason.values()
+    }
+    channels = [_channel(options) for _ in range(plan.connections)]
+    stubs = [authorize_pb2_grpc.AuthorizeStub(channel) for channel in channels]
+    remaining = plan.requests
+    started = time.perf_counter()
+    deadline = None if plan.duration is None else started + plan.duration
+    position = itertools.count()
+    length = len(schedule)
+    timeout = plan.timeout
+    record = result.latency.record_value
+    perf_counter = time.perf_counter
+
+    def take() -> int | None:
+        nonlocal remaining
+        if remaining is not None:
+            if remaining <= 0:
+                return None
+            remaining -= 1
+        elif deadline is not None and perf_counter() >= deadline:
+            return None
+        return next(position)
+
+    async def worker(stub: authorize_pb2_grpc.AuthorizeStub) -> None:
+        check: Any = stub.Check
+        while (index := take()) is not None:
+            kind, request = schedule[index % length]
+            result.sent[kind] += 1
+            begin = perf_counter()
+            try:
+                response = await check(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                result.errors[exc.code().name] += 1
+                continue
+            record(max(1, int((perf_counter() - begin) * 1_000_000)))
+            reason = reason_names.get(response.reason, str(response.reason))
+            result.decisions[reason] += 1
+            reasons = by_kind.get(kind)
+            if reasons is None:
+                reasons = by_kind[kind] = Counter()
+            reasons[reason] += 1
+
+    reporter = None
+    if progress is not None:
+        reporter = asyncio.create_task(_report_progress(plan, result, started, progress))
+    try:
+        await asyncio.gather(
+            *(worker(stubs[index % len(stubs)]) for index in range(plan.concurrency))
+        )
+    finally:
+        result.elapsed = perf_counter() - started
+        if reporter is not None:
+            reporter.cancel()
+            progress_end = "\r" + " " * (_PROGRESS_WIDTH + 50) + "\r"
+            assert progress is not None
+            progress.write(progress_end)
+            progress.flush()
+        for channel in channels:
+            await channel.close()
+    return result
+
+
+async def _report_progress(plan: LoadPlan, result: LoadResult, started: float, out: TextIO) -> None:
+    while True:
+        await asyncio.sleep(_PROGRESS_INTERVAL)
+        elapsed = time.perf_counter() - started
+        answered = result.answered
+        if plan.requests is not None:
+            done = answered / plan.requests
+        else:
+            done = elapsed / plan.duration if plan.duration else 1.0
+        done = min(1.0, done)
+        filled = int(done * _PROGRESS_WIDTH)
+        bar = "#" * filled + "." * (_PROGRESS_WIDTH - filled)
+        rate = answered / elapsed if elapsed > 0 else 0.0
+        out.write(f"\r[{bar}] {done:4.0%} {answered} answered, {rate:,.0f}/s")
+        out.flush()
+
+
+def format_table(result: LoadResult) -> str:
+    """The final report: throughput, latency percentiles, decisions and errors."""
+    lines = [
+        f"{'answered':<24}{result.answered:>12} in {result.elapsed:.2f} s "
+        f"({sum(result.sent.values())} sent)",
+        f"{'throughput':<24}{result.throughput:>12,.1f} /s",
+        "",
+        "latency (ms)",
+    ]
+    for percentile in PERCENTILES:
+        lines.append(f"  {f'p{percentile:g}':<22}{result.percentile_ms(percentile):>12.3f}")
+    lines.append(f"  {'max':<22}{result.latency.get_max_value() / 1000.0:>12.3f}")
+    lines += ["", "decisions by reason"]
+    lines += [f"  {reason:<22}{count:>12}" for reason, count in sorted(result.decisions.items())]
+    if not result.decisions:
+        lines.append("  none")
+    lines += ["", "errors by gRPC code"]
+    lines += [f"  {code:<22}{count:>12}" for code, count in sorted(result.errors.items())]
+    if not result.errors:
+        lines.append("  none")
+    lines += ["", "by key kind (sent: answered reasons)"]
+    for kind, sent in sorted(result.sent.items()):
+        reasons = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(result.by_kind.get(kind, {}).items())
+        )
+        lines.append(f"  {kind:<10}{sent:>10} sent: {reasons or 'no decisions'}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``apikeys loadtest``."""
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=50, metavar="N", help="calls in flight"
+    )
+    parser.add_argument(
+        "--connections", type=_positive_int, default=1, metavar="N", help="HTTP/2 connections"
+    )
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help=f"how long to send (default {DEFAULT_DURATION:g})",
+    )
+    amount.add_argument("--requests", type=_positive_int, metavar="N", help="how many to send")
+    parser.add_argument(
+        "--key",
+        dest="keys",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a key to send, of kind 'given'; repeat for more",
+    )
+    parser.add_argument(
+        "--valid-keys",
+        type=_count,
+        default=2,
+        metavar="N",
+        help="keys to create with the admin token, deleted afterwards (default 2)",
+    )
+    parser.add_argument(
+        "--revoked-keys",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="keys to create and delete at once with the admin token (default 1)",
+    )
+    parser.add_argument(
+        "--unknown-keys",
+        type=_count,
+        default=100,
+        metavar="N",
+        help="distinct well-formed keys that no server issued (default 100)",
+    )
+    parser.add_argument(
+        "--mix",
+        type=_mix,
+        default={},
+        metavar="KIND=WEIGHT,...",
+        help="relative weights of "
+        + ", ".join(KINDS)
+        + " keys (default "
+        + ",".join(f"{kind}={weight}" for kind, weight in DEFAULT_MIX.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--route",
+        dest="routes",
+        action="append",
+        type=_route,
+        default=[],
+        metavar='"METHOD PATH"',
+        help="a route to check; repeat for more (default: "
+        + "; ".join(f"{method} {path}" for method, path in DEFAULT_ROUTES)
+        + ")",
+    )
+
+
+async def run_command(
+    args: argparse.Namespace, options: ChannelOptions, token: str | None
+) -> LoadResult:
+    """Runs ``apikeys loadtest``: creates its keys when given a token, sends
+    the load, deletes the keys it created."""
+    if args.duration is not None and args.duration <= 0:
+        raise PlanError("--duration must be positive")
+    valid: tuple[str, ...] = ()
+    revoked: tuple[str, ...] = ()
+    created: list[str] = []
+    if token:
+        valid, revoked, created = await prepare_keys(
+            options, token, valid=args.valid_keys, revoked=args.revoked_keys
+        )
+    try:
+        plan = LoadPlan(
+            keys={
+                "valid": valid,
+                "revoked": revoked,
+                "unknown": tuple(well_formed_key() for _ in range(args.unknown_keys)),
+                "malformed": MALFORMED_KEYS,
+                "given": tuple(args.keys),
+            },
+            mix=args.mix or DEFAULT_MIX,
+            routes=tuple(args.routes) or DEFAULT_ROUTES,
+            concurrency=args.concurrency,
+            connections=args.connections,
+            duration=None if args.requests else (args.duration or DEFAULT_DURATION),
+            requests=args.requests,
+            timeout=args.timeout or DEFAULT_CALL_TIMEOUT,
+        )
+        return await run_load(plan, options, progress=progress_stream())
+    finally:
+        if created and token:
+            await delete_keys(options, token, created)
+
+
+def _positive_int(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must not be negative")
+    return value
+
+
+def _mix(text: str) -> dict[str, int]:
+    mix: dict[str, int] = {}
+    for part in text.split(","):
+        kind, _, weight = part.partition("=")
+        kind = kind.strip()
+        if kind not in KINDS or not weight.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected KIND=WEIGHT with KIND one of {', '.join(KINDS)}"
+            )
+        mix[kind] = int(weight)
+    return mix
+
+
+def _route(text: str) -> tuple[str, str]:
+    method, _, path = text.strip().partition(" ")
+    if not method or not path.strip():
+        raise argparse.ArgumentTypeError(f'{text!r}: expected "METHOD PATH"')
+    return method, path.strip()
+
+
+def progress_stream() -> TextIO | None:
+    """stderr when it is a terminal, else ``None`` (no bar in logs and pipes)."""
+    return sys.stderr if sys.stderr.isatty() else None
