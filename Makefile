@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install install-runtime serve test lint generate check-generated postgres bench clean
+.PHONY: install install-runtime serve test lint generate check-generated postgres bench h2load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,14 @@ check-generated: generate
 	@test -z "$$(git ls-files --others --exclude-standard generated)" || \
 	  { echo "generated/ has uncommitted files: run 'make generate' and commit" >&2; exit 1; }
 
-bench: $(STAMP)
+## The whole benchmark suite (under 5 minutes); see docs/BENCHMARKS.md.
+bench: $(STAMP) h2load
 	$(PY) -m bench
+
+## h2load (the C HTTP/2 load generator the benchmarks drive), from Debian's nghttp2-client.
+h2load:
+	@command -v h2load >/dev/null || apt-get install -y nghttp2-client || \
+	  { apt-get update && apt-get install -y nghttp2-client; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

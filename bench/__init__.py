@@ -1,0 +1,8 @@
+"""Load and latency benchmarks of ``Authorize``, side by side with a no-op baseline.
+
+``python -m bench`` (``make bench``) starts the real server and a baseline
+server whose ``Authorize`` servicer answers a constant ``CheckResponse`` on
+the same stack (``bench.serve``), drives them with h2load (``bench.h2``) and
+``apikeys loadtest``, measures the key cache's memory (``bench.memory``) and
+profiles the hot path (``bench.profile``), then prints one table.
+"""

@@ -1,0 +1,171 @@
+"""h2load as a gRPC load generator, and its per-request log as percentiles.
+
+A gRPC unary call is an HTTP/2 POST whose body is a 5-byte prefix (a zero
+compression flag and the big-endian message length) followed by the message,
+with ``content-type: application/grpc`` and ``te: trailers``. h2load sends the
+same body on every request and counts any HTTP 200 as a success, even when the
+gRPC status in the trailers is an error, so the suite checks the same bytes
+through a real gRPC channel before trusting a run (``verify_body``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import Message
+from hdrh.histogram import HdrHistogram
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+# Latency in microseconds, up to a minute, to 3 significant digits.
+_HISTOGRAM_MAX_US = 60_000_000
+_FINISHED = re.compile(r"finished in [\d.]+s, ([\d.]+) req/s")
+_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+    r"(\d+) errored, (\d+) timeout"
+)
+
+
+def grpc_body(message: Message) -> bytes:
+    """The length-prefixed gRPC frame h2load sends as the request body."""
+    payload = message.SerializeToString()
+    return b"\0" + struct.pack(">I", len(payload)) + payload
+
+
+def verify_body(target: str, method: str, body: bytes) -> bytes:
+    """Sends ``body`` exactly as h2load will, through a real gRPC channel;
+    returns the serialized response (raises ``grpc.RpcError`` on a non-OK status)."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)
+        response: bytes = call(body[5:], timeout=5)
+        return response
+
+
+def cpu_pinning(cpu: int) -> list[str]:
+    """The ``taskset`` prefix that pins a process to ``cpu``, if taskset exists."""
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class H2Result:
+    """One h2load run."""
+
+    rps: float
+    succeeded: int
+    failed: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+
+
+def run(
+    url: str,
+    body: bytes,
+    *,
+    clients: int,
+    streams: int,
+    duration: float,
+    warm_up: float = 1.0,
+    rps_per_client: float | None = None,
+    cpu: int | None = 1,
+) -> H2Result:
+    """Runs h2load against ``url`` for ``duration`` seconds after ``warm_up``."""
+    with tempfile.TemporaryDirectory(prefix="bench-h2-") as scratch:
+        body_file = Path(scratch) / "body"
+        body_file.write_bytes(body)
+        log_file = Path(scratch) / "log"
+        command = [
+            *(cpu_pinning(cpu) if cpu is not None else []),
+            "h2load",
+            "-c",
+            str(clients),
+            "-m",
+            str(streams),
+            "-D",
+            f"{duration:g}",
+            "--warm-up-time",
+            f"{warm_up:g}",
+            "-d",
+            str(body_file),
+            "--log-file",
+            str(log_file),
+        ]
+        for header in GRPC_HEADERS:
+            command += ["-H", header]
+        if rps_per_client is not None:
+            command += ["--rps", f"{rps_per_client:.2f}"]
+        command.append(url)
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=duration + warm_up + 30
+        ).stdout
+        return _parse(output, log_file.read_text())
+
+
+def _parse(output: str, log: str) -> H2Result:
+    finished = _FINISHED.search(output)
+    requests = _REQUESTS.search(output)
+    if finished is None or requests is None:
+        raise RuntimeError(f"unexpected h2load output:\n{output}")
+    histogram = HdrHistogram(1, _HISTOGRAM_MAX_US, 3)
+    for line in log.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[1] == "200":
+            histogram.record_value(max(1, int(fields[2])))
+    return H2Result(
+        rps=float(finished.group(1)),
+        succeeded=int(requests.group(4)),
+        failed=int(requests.group(5)) + int(requests.group(6)) + int(requests.group(7)),
+        p50_ms=histogram.get_value_at_percentile(50) / 1000.0,
+        p90_ms=histogram.get_value_at_percentile(90) / 1000.0,
+        p99_ms=histogram.get_value_at_percentile(99) / 1000.0,
+        p999_ms=histogram.get_value_at_percentile(99.9) / 1000.0,
+    )
+
+
+def start(
+    url: str, body: bytes, *, clients: int, streams: int, duration: float, cpu: int | None = 1
+) -> tuple[subprocess.Popen[str], tempfile.TemporaryDirectory[str]]:
+    """Starts a background h2load (a flood); ``finish`` collects it."""
+    scratch = tempfile.TemporaryDirectory(prefix="bench-h2-")
+    body_file = Path(scratch.name) / "body"
+    body_file.write_bytes(body)
+    command: Sequence[str] = [
+        *(cpu_pinning(cpu) if cpu is not None else []),
+        "h2load",
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-D",
+        f"{duration:g}",
+        "-d",
+        str(body_file),
+        "--log-file",
+        str(Path(scratch.name) / "log"),
+        *(part for header in GRPC_HEADERS for part in ("-H", header)),
+        url,
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    return process, scratch
+
+
+def finish(
+    started: tuple[subprocess.Popen[str], tempfile.TemporaryDirectory[str]], timeout: float
+) -> H2Result:
+    """Waits for a background h2load and parses its output."""
+    process, scratch = started
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return _parse(output, (Path(scratch.name) / "log").read_text())
+    finally:
+        scratch.cleanup()

@@ -1,0 +1,130 @@
+"""A benchmark server process: the real ``apikeys-server``, or the no-op baseline.
+
+    python -m bench.serve --variant noop --stats FILE -- --listen 127.0.0.1:PORT ...
+
+Everything after ``--`` goes to ``apikeys-server`` unchanged, so both variants
+run the production entry point with the same grpc.aio options, interceptor
+chain, health and reflection services and event loop. The baseline only swaps
+the ``Authorize`` servicer class that ``server.app`` wires for one returning a
+constant answer, so the difference between the two is exactly the work of a
+``Check``. ``--no-interceptor`` builds the server without its interceptor, to
+measure what the admin interceptor costs calls that it passes through.
+
+``--stats FILE`` keeps FILE holding the number of SQL statements the store
+has run (a ``before_cursor_execute`` listener on its engine), rewritten every
+100 ms. ``--profile FILE`` writes cProfile statistics of the whole process
+when it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from sqlalchemy import event
+
+import server.app
+from server.cli import main as server_main
+from server.store import SqlKeyStore
+from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
+
+STATS_INTERVAL = 0.1
+
+# What the real server answers for the benchmark's allowed check, so the
+# baseline serializes and sends a message of the same size.
+BASELINE_RESPONSE = authorize_pb2.CheckResponse(
+    allowed=True,
+    reason=authorize_pb2.REASON_ALLOWED,
+    key_id="key_" + "0" * 24,
+    contact_center_id="cc-bench",
+    granted_scopes=["campaigns.read"],
+    required_scopes=["campaigns.manage", "campaigns.read"],
+    route="GET /api/v4/campaigns",
+)
+BASELINE_BATCH = authorize_pb2.CheckBatchResponse(results=[BASELINE_RESPONSE] * 100)
+
+
+class NoopAuthorize(authorize_pb2_grpc.AuthorizeServicer):
+    """Answers every call with a constant message, doing no work at all."""
+
+    def __init__(self, _authorizer: object) -> None:
+        pass
+
+    async def Check(self, request: Any, context: Any) -> authorize_pb2.CheckResponse:
+        return BASELINE_RESPONSE
+
+    async def CheckBatch(self, request: Any, context: Any) -> authorize_pb2.CheckBatchResponse:
+        return BASELINE_BATCH
+
+
+def _without_interceptors() -> None:
+    build = grpc.aio.server
+
+    def server_without_interceptors(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+        kwargs.pop("interceptors", None)
+        return build(*args, **kwargs)
+
+    grpc.aio.server = server_without_interceptors
+
+
+def _count_statements(stats: Path) -> None:
+    statements = [0]
+    open_store = server.app.open_store
+
+    async def counted_open_store(database_url: str, **kwargs: Any) -> SqlKeyStore:
+        store = await open_store(database_url, **kwargs)
+
+        def count(*_: Any) -> None:
+            statements[0] += 1
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+        return store
+
+    def publish() -> None:
+        partial = stats.with_suffix(".tmp")
+        while True:
+            partial.write_text(str(statements[0]))
+            os.replace(partial, stats)
+            time.sleep(STATS_INTERVAL)
+
+    server.app.open_store = counted_open_store  # type: ignore[assignment]
+    threading.Thread(target=publish, name="bench-stats", daemon=True).start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the chosen variant until SIGTERM; returns its exit status."""
+    parser = argparse.ArgumentParser(prog="python -m bench.serve")
+    parser.add_argument("--variant", choices=("real", "noop"), default="real")
+    parser.add_argument("--no-interceptor", action="store_true")
+    parser.add_argument("--stats", type=Path)
+    parser.add_argument("--profile", type=Path)
+    parser.add_argument("server_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    server_args = [arg for arg in args.server_args if arg != "--"]
+    if args.variant == "noop":
+        server.app.AuthorizeServicer = NoopAuthorize  # type: ignore[misc,assignment]
+    if args.no_interceptor:
+        _without_interceptors()
+    if args.stats is not None:
+        _count_statements(args.stats)
+    if args.profile is None:
+        return server_main(server_args)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return server_main(server_args)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""The benchmark suite behind ``make bench``: every figure next to the no-op baseline.
+
+The servers run pinned to CPU 0 and the load generators to CPU 1 (with
+``taskset`` when it exists), each server in a process of its own. Both
+variants of a comparison are started together and measured in alternation,
+run after run, so slow phases of a noisy machine hit both alike; each figure
+is the median of ``--runs`` runs, with its spread (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf.internal import api_implementation
+
+from bench import h2
+from clients._channel import ChannelOptions
+from clients._key_admin import KeyAdminClient
+from clients._loadtest import well_formed_key
+from clients.devtoken import dev_signing_key_path, mint_dev_token
+from voiso.apikeys.v1 import authorize_pb2
+
+SERVER_CPU = 0
+LOAD_CPU = 1
+CHECK = "/voiso.apikeys.v1.Authorize/Check"
+CHECK_BATCH = "/voiso.apikeys.v1.Authorize/CheckBatch"
+BATCH_SIZE = 100
+ROUTE = ("GET", "/api/v4/campaigns")
+# Enough streams in flight to keep one Python core busy without queueing
+# whole seconds of work in the server.
+CLIENTS = 4
+STREAMS = 16
+START_TIMEOUT = 20.0
+MALFORMED_KEY = "vsk_" + "A" * 49
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class BenchServer:
+    """A server process started by ``bench.serve``."""
+
+    name: str
+    port: int
+    data_dir: Path
+    stats: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, method: str) -> str:
+        return f"http://{self.target}{method}"
+
+    def statements(self) -> int:
+        """SQL statements the store has run so far."""
+        time.sleep(3 * 0.1)
+        return int(self.stats.read_text() or 0)
+
+
+@contextmanager
+def started(
+    name: str,
+    *,
+    variant: str,
+    uvloop: bool = True,
+    interceptor: bool = True,
+    profile: Path | None = None,
+    data_dir: Path | None = None,
+) -> Iterator[BenchServer]:
+    """Starts one server on a free port, pinned to the server CPU, and stops it afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
+        port = _free_port()
+        data_dir = data_dir or Path(scratch) / "var"
+        stats = Path(scratch) / "statements"
+        command = [
+            *h2.cpu_pinning(SERVER_CPU),
+            sys.executable,
+            "-m",
+            "bench.serve",
+            "--variant",
+            variant,
+            "--stats",
+            str(stats),
+            *([] if interceptor else ["--no-interceptor"]),
+            *([] if profile is None else ["--profile", str(profile)]),
+            "--",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+            "--uvloop",
+            "true" if uvloop else "false",
+        ]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("APIKEYS_")}
+        log = Path(scratch) / "server.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+        server = BenchServer(name=name, port=port, data_dir=data_dir, stats=stats, process=process)
+        try:
+            try:
+                _wait_ready(server)
+            except RuntimeError:
+                sys.stderr.write(log.read_text())
+                raise
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_ready(server: BenchServer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} server exited with {server.process.returncode}")
+        try:
+            with grpc.insecure_channel(server.target) as channel:
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+            if server.stats.exists():
+                return
+        except grpc.FutureTimeoutError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} server did not start in {START_TIMEOUT:g} s")
+
+
+def admin_token(server: BenchServer) -> str:
+    return mint_dev_token(
+        dev_signing_key_path(server.data_dir),
+        subject="bench",
+        contact_center_id="cc-bench",
+        role="admin",
+        permissions=[],
+        sag=False,
+        ttl_seconds=3600,
+    )
+
+
+def create_key(server: BenchServer, scopes: Sequence[str]) -> str:
+    """A new key on ``server``, created through KeyAdmin."""
+    options = ChannelOptions(target=server.target, timeout=10.0)
+    with KeyAdminClient(options, token=admin_token(server)) as admin:
+        _, secret = admin.create_key("bench", "benchmark key", list(scopes))
+    return secret
+
+
+def check_body(key: str, method: str = ROUTE[0], path: str = ROUTE[1]) -> bytes:
+    return h2.grpc_body(authorize_pb2.CheckRequest(key=key, method=method, path=path))
+
+
+def batch_body(key: str) -> bytes:
+    check = authorize_pb2.CheckRequest(key=key, method=ROUTE[0], path=ROUTE[1])
+    return h2.grpc_body(authorize_pb2.CheckBatchRequest(checks=[check] * BATCH_SIZE))
+
+
+def verify_check(server: BenchServer, body: bytes, reason: int) -> None:
+    """The body answers grpc-status 0 with the expected reason through a real channel."""
+    response = authorize_pb2.CheckResponse.FromString(h2.verify_body(server.target, CHECK, body))
+    if response.reason != reason:
+        raise RuntimeError(
+            f"{server.name}: expected {authorize_pb2.Reason.Name(reason)}, got "  # type: ignore[arg-type]
+            f"{authorize_pb2.Reason.Name(response.reason)}"
+        )
+
+
+# --- reporting -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Figure:
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def spread(self, digits: int = 0) -> str:
+        return f"{min(self.values):,.{digits}f}-{max(self.values):,.{digits}f}"
+
+
+def _fmt(figure: Figure, digits: int = 0) -> str:
+    return f"{figure.median:,.{digits}f} ({figure.spread(digits)})"
+
+
+class Report:
+    """Collects the rows of the final table and prints each section as it completes."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.verdicts: list[str] = []
+
+    def section(self, title: str) -> None:
+        self._say("")
+        self._say(f"== {title}")
+
+    def row(self, label: str, *cells: str) -> None:
+        self._say(f"  {label:<34}" + "".join(f"{cell:>30}" for cell in cells))
+
+    def note(self, text: str) -> None:
+        self._say(f"  {text}")
+
+    def target(self, what: str, ok: bool, detail: str) -> None:
+        verdict = f"{'MET    ' if ok else 'NOT MET'}  {what}: {detail}"
+        self.verdicts.append(verdict)
+        self._say(f"  -> {verdict}")
+
+    def _say(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+
+def _alternate(
+    runs: int, measure: dict[str, Callable[[], h2.H2Result]]
+) -> dict[str, list[h2.H2Result]]:
+    results: dict[str, list[h2.H2Result]] = {name: [] for name in measure}
+    for _ in range(runs):
+        for name, run in measure.items():
+            results[name].append(run())
+    return results
+
+
+def _figure(results: list[h2.H2Result], field: str) -> Figure:
+    return Figure(values=tuple(float(getattr(result, field)) for result in results))
+
+
+def _saturate(
+    server: BenchServer, body: bytes, duration: float, method: str = CHECK
+) -> h2.H2Result:
+    return h2.run(
+        server.url(method), body, clients=CLIENTS, streams=STREAMS, duration=duration, cpu=LOAD_CPU
+    )
+
+
+def _ratio_rows(
+    report: Report, results: dict[str, list[h2.H2Result]], real: str, base: str
+) -> tuple[Figure, Figure, Figure]:
+    real_rps, base_rps = _figure(results[real], "rps"), _figure(results[base], "rps")
+    ratio = Figure(
+        values=tuple(r.rps / b.rps for r, b in zip(results[real], results[base], strict=True))
+    )
+    report.row("", f"{real}", f"{base}", "ratio (per run)")
+    report.row("Check req/s, median (min-max)", _fmt(real_rps), _fmt(base_rps), _fmt(ratio, 3))
+    for field, label in (("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("p999_ms", "p99.9 ms")):
+        real_f, base_f = _figure(results[real], field), _figure(results[base], field)
+        report.row(label, _fmt(real_f, 2), _fmt(base_f, 2), f"{real_f.median / base_f.median:.2f}")
+    return real_rps, base_rps, ratio
+
+
+# --- the scenarios ----------------------------------------------------------------------
+
+
+def header(report: Report) -> None:
+    import google.protobuf
+    import uvloop
+
+    report.section("environment")
+    report.row("python", platform.python_version())
+    report.row("grpcio", grpc.__version__)
+    report.row("protobuf", f"{google.protobuf.__version__} ({api_implementation.Type()})")
+    report.row("uvloop", uvloop.__version__)
+    h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True, check=True)
+    report.row("h2load", h2load.stdout.split()[-1])
+    report.row("cpus", str(os.cpu_count()))
+    pinned = "taskset: server on CPU 0, load on CPU 1" if h2.cpu_pinning(0) else "not pinned"
+    report.row("pinning", pinned)
+    report.row("load", f"h2load -c {CLIENTS} -m {STREAMS} (unless stated)")
+
+
+def saturation(report: Report, args: argparse.Namespace) -> None:
+    """Saturated throughput and latency of the real server against the baseline,
+    then with the asyncio loop and without the interceptor."""
+    figures: dict[str, float] = {}
+    with started("real", variant="real") as real, started("noop", variant="noop") as noop:
+        key = create_key(real, ["campaigns.read"])
+        body = check_body(key)
+        verify_check(real, body, authorize_pb2.REASON_ALLOWED)
+        verify_check(noop, body, authorize_pb2.REASON_ALLOWED)
+        report.section(
+            "cached-key Check at saturation (uvloop, interceptor on); body verified: "
+            "grpc-status 0, REASON_ALLOWED"
+        )
+        results = _alternate(
+            args.runs,
+            {
+                "real": lambda: _saturate(real, body, args.duration),
+                "noop": lambda: _saturate(noop, body, args.duration),
+            },
+        )
+        real_rps, base_rps, ratio = _ratio_rows(report, results, "real", "noop")
+        report.target(
+            "Check throughput >= 0.90 x baseline", ratio.median >= 0.9, f"{ratio.median:.3f}"
+        )
+        figures["check_rps"] = args.check_rps = real_rps.median
+        figures["base_rps"] = base_rps.median
+
+        half = base_rps.median / 2
+        report.section(
+            f"latency at half the baseline's saturated rate ({half:,.0f} req/s: "
+            f"h2load -c {CLIENTS} --rps {half / CLIENTS:,.0f} per client)"
+        )
+        paced = _alternate(
+            args.runs,
+            {
+                name: (
+                    lambda server=server: h2.run(
+                        server.url(CHECK),
+                        body,
+                        clients=CLIENTS,
+                        streams=STREAMS,
+                        duration=args.duration,
+                        rps_per_client=half / CLIENTS,
+                        cpu=LOAD_CPU,
+                    )
+                )
+                for name, server in (("real", real), ("noop", noop))
+            },
+        )
+        _ratio_rows(report, paced, "real", "noop")
+        p99 = _figure(paced["real"], "p99_ms").median / _figure(paced["noop"], "p99_ms").median
+        report.target("p99 at half rate within 1.5 x baseline", p99 <= 1.5, f"{p99:.2f} x")
+
+        report.section(f"CheckBatch ({BATCH_SIZE} cached-key checks per call)")
+        batch = batch_body(key)
+        batches = _alternate(
+            args.runs,
+            {
+                "real": lambda: _saturate(real, batch, args.duration, CHECK_BATCH),
+                "noop": lambda: _saturate(noop, batch, args.duration, CHECK_BATCH),
+            },
+        )
+        decisions = Figure(values=tuple(r.rps * BATCH_SIZE for r in batches["real"]))
+        base_decisions = Figure(values=tuple(r.rps * BATCH_SIZE for r in batches["noop"]))
+        multiple = decisions.median / real_rps.median
+        report.row("", "real", "noop", "real / unary Check")
+        report.row(
+            "decisions/s, median (min-max)",
+            _fmt(decisions),
+            _fmt(base_decisions),
+            f"{multiple:.1f} x",
+        )
+        report.target(
+            "CheckBatch decisions/s >= 10 x unary Check", multiple >= 10, f"{multiple:.1f} x"
+        )
+
+        flood(report, args, real, key)
+        loadtest(report, args, real)
+
+    # Without the interceptor KeyAdmin has no actor, so that server reuses the
+    # database (and the key) of the one before it.
+    with tempfile.TemporaryDirectory(prefix="bench-shared-") as shared:
+        data_dir = Path(shared) / "var"
+        key = ""
+        for label, options in (
+            ("asyncio event loop (--uvloop false)", {"uvloop": False}),
+            ("without the admin interceptor", {"interceptor": False}),
+        ):
+            with (
+                started("real", variant="real", data_dir=data_dir, **options) as real,
+                started("noop", variant="noop", **options) as noop,
+            ):
+                key = key or create_key(real, ["campaigns.read"])
+                body = check_body(key)
+                verify_check(real, body, authorize_pb2.REASON_ALLOWED)
+                report.section(f"cached-key Check at saturation, {label}")
+                results = _alternate(
+                    args.runs,
+                    {
+                        "real": lambda real=real, body=body: _saturate(real, body, args.duration),
+                        "noop": lambda noop=noop, body=body: _saturate(noop, body, args.duration),
+                    },
+                )
+                real_rps, base_rps, _ = _ratio_rows(report, results, "real", "noop")
+                real_change = real_rps.median / figures["check_rps"]
+                noop_change = base_rps.median / figures["base_rps"]
+                report.note(
+                    f"vs uvloop + interceptor: real {real_change:.3f} x, noop {noop_change:.3f} x"
+                )
+
+
+def flood(report: Report, args: argparse.Namespace, real: BenchServer, key: str) -> None:
+    """Legitimate checks mixed into a flood of malformed and unknown keys."""
+    legit = check_body(key)
+    malformed = check_body(MALFORMED_KEY)
+    unknown = check_body(well_formed_key())
+    verify_check(real, malformed, authorize_pb2.REASON_KEY_MALFORMED)
+    verify_check(real, unknown, authorize_pb2.REASON_KEY_NOT_FOUND)
+    report.section(
+        "flood: malformed and unknown keys at full rate (2 h2load each: -c 2 -m 16), "
+        "legitimate checks mixed in"
+    )
+    # Legitimate traffic at a quarter of the server's saturated rate: what an
+    # API gateway offers, while the flood takes every cycle that is left.
+    rate = args.check_rps / 4
+
+    def legit_run(paced: bool) -> h2.H2Result:
+        return h2.run(
+            real.url(CHECK),
+            legit,
+            clients=2,
+            streams=STREAMS,
+            duration=args.duration,
+            rps_per_client=rate / 2 if paced else None,
+            cpu=LOAD_CPU,
+        )
+
+    def with_flood(paced: bool) -> tuple[h2.H2Result, h2.H2Result, h2.H2Result]:
+        length = args.duration + 2
+        floods = [
+            h2.start(real.url(CHECK), body, clients=2, streams=16, duration=length, cpu=LOAD_CPU)
+            for body in (malformed, unknown)
+        ]
+        time.sleep(1.0)
+        result = legit_run(paced)
+        flood_malformed, flood_unknown = (h2.finish(one, timeout=length + 30) for one in floods)
+        return result, flood_malformed, flood_unknown
+
+    before = real.statements()
+    for paced, label in ((True, f"paced at {rate:,.0f} req/s"), (False, "closed loop, -c 2 -m 16")):
+        alone: list[float] = []
+        mixed: list[float] = []
+        floods: list[float] = []
+        for _ in range(args.runs):
+            alone.append(legit_run(paced).rps)
+            result, flood_malformed, flood_unknown = with_flood(paced)
+            mixed.append(result.rps)
+            floods.append(flood_malformed.rps + flood_unknown.rps)
+        kept = Figure(values=tuple(m / a for m, a in zip(mixed, alone, strict=True)))
+        report.row(f"legit req/s, {label}", "alone", "in the flood", "kept")
+        report.row(
+            "  median (min-max)",
+            _fmt(Figure(values=tuple(alone))),
+            _fmt(Figure(values=tuple(mixed))),
+            _fmt(kept, 3),
+        )
+        report.row("  flood req/s (both floods)", "", _fmt(Figure(values=tuple(floods))))
+        if paced:
+            report.target(
+                "legit checks keep >= 80% of their throughput in the flood",
+                kept.median >= 0.8,
+                f"{kept.median:.3f} (legit paced at a quarter of saturation)",
+            )
+        else:
+            report.note(
+                "closed loop: the server shares its one core between connections, so "
+                "legit's share follows its share of the connections (2 of 6)"
+            )
+    statements = real.statements() - before
+    report.row("SQL statements during the floods", str(statements))
+    alive = True
+    try:
+        verify_check(real, legit, authorize_pb2.REASON_ALLOWED)
+    except (grpc.RpcError, RuntimeError):
+        alive = False
+    report.target("server up and allowing after the flood", alive, "Check answered REASON_ALLOWED")
+
+    # The same distinct unknown keys twice, each pass inside the negative TTL:
+    # the first pass looks each key up once, the second should not touch the store.
+    distinct = args.distinct_unknown
+    keys = [well_formed_key() for _ in range(distinct)]
+    given = [part for key in keys for part in ("--key", key)]
+    passes: list[int] = []
+    for _ in range(2):
+        before = real.statements()
+        _loadtest_json(real, ["--mix", "given=1", "--requests", str(distinct), *given])
+        passes.append(real.statements() - before)
+    report.row(
+        f"{distinct:,} distinct unknown keys, 2 passes",
+        f"1st: {passes[0]:,} SQL statements",
+        f"2nd: {passes[1]:,} SQL statements",
+    )
+    report.target(
+        "store queries for the flood near zero after the first pass",
+        passes[1] <= distinct // 100,
+        f"{passes[1]:,} statements on the second pass of {distinct:,} unknown keys "
+        f"(first pass {passes[0]:,})",
+    )
+
+
+def _loadtest_json(server: BenchServer, extra: Sequence[str]) -> dict[str, object]:
+    apikeys = Path(sys.executable).with_name("apikeys")
+    command = [
+        *h2.cpu_pinning(LOAD_CPU),
+        str(apikeys),
+        "--server",
+        server.target,
+        "--json",
+        "loadtest",
+        "--concurrency",
+        "64",
+        *extra,
+    ]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    document: dict[str, object] = json.loads(output.stdout)
+    return document
+
+
+def loadtest(report: Report, args: argparse.Namespace, real: BenchServer) -> None:
+    apikeys = Path(sys.executable).with_name("apikeys")
+    command = [
+        *h2.cpu_pinning(LOAD_CPU),
+        str(apikeys),
+        "--server",
+        real.target,
+        "--token",
+        admin_token(real),
+        "loadtest",
+        "--concurrency",
+        "64",
+        "--duration",
+        f"{args.duration:g}",
+    ]
+    report.section(
+        f"apikeys loadtest --concurrency 64 --duration {args.duration:g} "
+        "(default mix valid=7,revoked=1,unknown=1,malformed=1; Python client on CPU 1)"
+    )
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    for line in output.stdout.splitlines():
+        report.note(line)
+
+
+def memory(report: Report, args: argparse.Namespace) -> None:
+    command = [sys.executable, "-m", "bench.memory", "--keys", str(args.memory_keys)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+    figures = json.loads(output.stdout)
+    report.section(f"key cache memory, {args.memory_keys:,} distinct cached keys (bench.memory)")
+    report.row("cached entries", f"{figures['entries']:,}")
+    report.row(
+        "RSS before / after",
+        f"{figures['rss_before_mib']:.1f} MiB",
+        f"{figures['rss_after_mib']:.1f} MiB",
+    )
+    report.row("RSS delta per entry", f"{figures['rss_per_entry_bytes']:,.0f} B")
+    report.row("traced (tracemalloc) per entry", f"{figures['traced_per_entry_bytes']:,.0f} B")
+    report.row(
+        "at the default bound (100,000 + 100,000)",
+        f"~{figures['bound_mib']:.0f} MiB",
+    )
+
+
+def profile(report: Report, args: argparse.Namespace) -> None:
+    command = [sys.executable, "-m", "bench.profile", "--duration", f"{args.duration:g}"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    report.section(
+        f"profile: real server under saturated cached-key Check ({args.duration:g} s, cProfile)"
+    )
+    for line in output.stdout.splitlines():
+        report.note(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the suite; prints the table and the list of targets."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median and spread)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per h2load run")
+    parser.add_argument("--distinct-unknown", type=int, default=2000)
+    parser.add_argument("--memory-keys", type=int, default=100_000)
+    parser.add_argument("--skip-profile", action="store_true")
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    report = Report()
+    header(report)
+    saturation(report, args)
+    memory(report, args)
+    if not args.skip_profile:
+        profile(report, args)
+    report.section("targets")
+    for verdict in report.verdicts:
+        report.note(verdict)
+    report.note(f"suite took {time.monotonic() - began:.0f} s")
+    return 0
