@@ -1,4 +1,5 @@
-"""Wiring: settings -> store -> cache -> domain -> servicers -> grpc.aio server.
+"""Wiring: settings -> store -> cache (+ change follower) -> domain -> servicers
+-> grpc.aio server.
 
 ``ApiKeysServer`` is what the entry point runs and what tests start on port 0.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ from server.domain.paging import PageTokens
 from server.domain.routes import RouteFileError, RouteTable
 from server.domain.scopes import SCOPE_CATALOG
 from server.domain.usage import UsageRecorder
+from server.invalidation import ChangeFollower
 from server.logs import quiet_parameter_loggers
 from server.settings import Settings, SettingsError, ensure_data_dir, with_secrets
 from server.store import open_store
@@ -84,6 +87,7 @@ class ApiKeysServer:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._cache: CachedKeyStore | None = None
+        self._follower: ChangeFollower | None = None
         self._usage: UsageRecorder | None = None
         self.port = 0
 
@@ -111,6 +115,10 @@ class ApiKeysServer:
             negative_ttl=settings.negative_cache_ttl,
             negative_size=settings.negative_cache_size,
         )
+        # Before the port opens, so that no answer is cached ahead of the
+        # follower knowing where the change feed stands.
+        follower = ChangeFollower(store, cache, poll=settings.change_poll)
+        await follower.start()
         usage = UsageRecorder(cache, interval=settings.last_used_flush)
         hasher = KeyHasher(settings.hmac_secret.reveal())
         administration = KeyAdministration(
@@ -144,11 +152,13 @@ class ApiKeysServer:
         try:
             self.port = server.add_insecure_port(settings.listen)
         except RuntimeError as exc:
+            await follower.stop()
             await cache.close()
             raise SettingsError("--listen", f"cannot bind {settings.listen}") from exc
         await server.start()
         usage.start()
         self._server, self._cache, self._usage = server, cache, usage
+        self._follower = follower
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -156,6 +166,7 @@ class ApiKeysServer:
             extra={
                 "listen": f"{settings.listen_host}:{self.port}",
                 "database": make_url(settings.database_url).render_as_string(hide_password=True),
+                "pid": os.getpid(),
             },
         )
 
@@ -163,6 +174,12 @@ class ApiKeysServer:
         """Writes pending last-used times now instead of at the next tick."""
         if self._usage is not None:
             await self._usage.flush()
+
+    async def sync_changes(self) -> None:
+        """Applies the change feed now instead of at the next notification or
+        poll. Raises ``StoreUnavailable`` when the feed cannot be read."""
+        if self._follower is not None:
+            await self._follower.sync()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish for ``grace``
@@ -174,6 +191,8 @@ class ApiKeysServer:
         await self._server.stop(grace)
         if self._usage is not None:
             await self._usage.stop()
+        if self._follower is not None:
+            await self._follower.stop()
         await self.cache.close()
         self._server = None
         log.info("stopped")

@@ -2,7 +2,9 @@
 
 A bad option stops the server before it does anything, with one line naming
 the option and exit status 2; an unreachable database at start is one line
-and exit status 1. Neither prints a traceback.
+and exit status 1. Neither prints a traceback. With ``--workers`` above 1 the
+process prepares and migrates once, then supervises that many forked servers
+(``server.workers``).
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import serve
+from server.app import prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
 from server.store import migrate
+from server.workers import supervise
 
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
+# What a worker needs after its shutdown grace: flushing last-used times and
+# closing its store, each bounded by the database timeouts.
+WORKER_STOP_ALLOWANCE_S = 15.0
 T = TypeVar("T")
 
 
@@ -36,13 +42,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"apikeys-server: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.command == "health":
+        return _guarded(lambda: _run(settings, lambda: _probe_health(settings)))
+    if settings.command == "migrate":
+        return _guarded(lambda: _migrate(settings))
+    if settings.workers > 1:
+        return _guarded(lambda: _serve_workers(settings))
+    return _guarded(lambda: _serve(settings))
+
+
+def _serve(settings: Settings) -> int:
+    _run(settings, lambda: serve(settings))
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    _run(settings, lambda: migrate(settings.database_url))
+    return 0
+
+
+def _serve_workers(settings: Settings) -> int:
+    # Generated secrets, the development key pair and the schema are made
+    # once here, so the workers do not race to make them; the event loop
+    # this takes is closed again before the first fork.
+    prepare(settings)
+    _migrate(settings)
+    return supervise(
+        settings.workers,
+        lambda: _guarded(lambda: _serve(settings)),
+        stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
+    )
+
+
+def _guarded(action: Callable[[], int]) -> int:
+    """Runs ``action``, turning the expected failures into one line on
+    stderr and an exit status."""
     try:
-        if settings.command == "health":
-            return _run(settings, lambda: _probe_health(settings))
-        if settings.command == "migrate":
-            _run(settings, lambda: migrate(settings.database_url))
-        else:
-            _run(settings, lambda: serve(settings))
+        return action()
     except SettingsError as exc:
         print(f"apikeys-server: error: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 async def _probe_health(settings: Settings) -> int:

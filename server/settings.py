@@ -184,6 +184,11 @@ OPTIONS: tuple[_Option, ...] = (
         help="seconds in-flight calls get at shutdown",
     ),
     _Option(
+        flag="--workers",
+        default=str(DEFAULT_WORKERS),
+        help="server processes sharing the listen port (SO_REUSEPORT), each with its own cache",
+    ),
+    _Option(
         flag="--uvloop",
         default="true",
         choices=("true", "false"),
@@ -253,6 +258,9 @@ def load_settings(
     data_dir = Path(raw["data_dir"] or DEFAULT_DATA_DIR)
     database_url = raw["database_url"] or f"sqlite+aiosqlite:///{data_dir / SQLITE_FILE}"
     _check_database_url(database_url)
+    workers = int(_number(raw["workers"], "--workers", minimum=1, integer=True))
+    if workers > 1 and port == 0:
+        raise SettingsError("--workers", "more than one worker needs a fixed --listen port")
 
     return Settings(
         command=parsed["command"],
@@ -277,6 +285,7 @@ def load_settings(
         last_used_flush=_number(raw["last_used_flush"], "--last-used-flush", minimum=0.01),
         change_poll=_number(raw["change_poll"], "--change-poll", minimum=0.01),
         shutdown_grace=_number(raw["shutdown_grace"], "--shutdown-grace", minimum=0.0),
+        workers=workers,
         uvloop=raw["uvloop"] == "true",
         log_level=(raw["log_level"] or "info").upper(),
         log_format=raw["log_format"] or "json",

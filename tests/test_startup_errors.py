@@ -48,6 +48,8 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], option: str
         (["--routes", "/nonexistent/routes.txt"], {}, "--routes"),
         (["--admin-public-keys", "/nonexistent/keys.pem"], {}, "--admin-public-keys"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--workers", "0"], {}, "--workers"),
+        (["--workers", "2", "--listen", "127.0.0.1:0"], {}, "--workers"),
     ],
 )
 def test_bad_values_stop_the_server_naming_the_option(

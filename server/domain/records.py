@@ -18,6 +18,14 @@ class AuditAction(enum.Enum):
     REVEALED = "revealed"
 
 
+class ChangeKind(enum.Enum):
+    """Which mutation a change-feed entry records; values are stored."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KeyRecord:
     """One stored API key. Holds no plaintext: only the lookup hash, the last
@@ -90,3 +98,28 @@ class AuditPage:
 
     events: tuple[AuditRecord, ...]
     has_more: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyChange:
+    """One entry of the change feed: a key was created, updated or deleted.
+
+    ``seq`` grows with every entry, but entries may become visible out of
+    order (a transaction can commit after one that took a later ``seq``).
+    Carries the lookup hash only, which is what caches are keyed by.
+    """
+
+    seq: int
+    lookup_hash: bytes
+    kind: ChangeKind
+    time: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChangePage:
+    """Change-feed entries after some ``seq``, oldest first, and the highest
+    ``seq`` already pruned from the feed: a reader whose position is below
+    it may have missed entries."""
+
+    changes: tuple[KeyChange, ...]
+    pruned_through: int

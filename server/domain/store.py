@@ -1,7 +1,8 @@
-"""The storage the domain needs, as a Protocol.
+"""The storage the domain needs, as Protocols.
 
-``server.store`` implements it on SQLAlchemy; ``server.cache`` wraps any
-implementation with the same interface. Every method is scoped: admin
+``server.store`` implements both on SQLAlchemy; ``server.cache`` wraps any
+``KeyStore`` with the same interface, and ``server.invalidation`` follows a
+``ChangeFeed`` to keep that cache in step with other processes. Every method is scoped: admin
 methods take the actor's contact center and never see another's keys.
 Implementations raise ``StoreUnavailable`` when the database cannot answer and
 never let driver errors escape.
@@ -9,12 +10,13 @@ never let driver errors escape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
 from server.domain.records import (
     AuditPage,
+    ChangePage,
     KeyChanges,
     KeyCursor,
     KeyPage,
@@ -102,4 +104,32 @@ class KeyStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """The record of key mutations that every process follows.
+
+    Each ``create_key``, ``update_key`` and ``delete_key`` appends an entry in
+    its own transaction, so an entry is visible exactly when its mutation is.
+    """
+
+    async def latest_change(self) -> int:
+        """The highest ``seq`` committed so far (pruned ones included), or 0."""
+        ...
+
+    async def changes_after(self, seq: int, *, limit: int) -> ChangePage:
+        """Entries with ``seq`` greater than ``seq``, oldest first; at most
+        ``limit``."""
+        ...
+
+    async def prune_changes(self, before: datetime) -> int:
+        """Delete entries older than ``before``; returns how many went."""
+        ...
+
+    async def follow_notifications(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another process may have committed a change
+        and after every (re)connect of the notification channel, until
+        cancelled. Retries a lost channel by itself. A backend without
+        notifications returns at once: its readers rely on polling."""
         ...

@@ -6,8 +6,9 @@
     finally:
         await store.close()
 
-``SqlKeyStore`` implements ``server.domain.store.KeyStore``; database
-failures surface as ``server.domain.errors.StoreUnavailable``.
+``SqlKeyStore`` implements ``server.domain.store.KeyStore`` and its change
+feed, ``ChangeFeed`` (with PostgreSQL LISTEN/NOTIFY for prompt wake-ups);
+database failures surface as ``server.domain.errors.StoreUnavailable``.
 """
 
 from server.store._engine import check_database_url

@@ -1,6 +1,7 @@
 """The tables, as SQLAlchemy Core metadata.
 
-Migration ``0001_initial`` creates exactly these; a test compares the two.
+Migrations ``0001_initial`` and ``0002_key_changes`` create exactly these; a
+test compares the two.
 Times are integer microseconds since the Unix epoch (UTC) so that SQLite and
 PostgreSQL compare and order them the same way.
 """
@@ -101,4 +102,28 @@ contact_centers = Table(
     metadata,
     Column("contact_center_id", String(128), primary_key=True),
     Column("key_count", Integer, nullable=False),
+)
+
+# The change feed: one row per create, update or delete of a key, written in
+# the mutation's transaction, read by every process to drop stale cache
+# entries. AUTOINCREMENT on SQLite so that a seq is never handed out twice,
+# even after pruning emptied the table.
+key_changes = Table(
+    "key_changes",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("lookup_hash", LargeBinary(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("time", BigInteger, nullable=False),
+    Index("ix_key_changes_time", "time"),
+    sqlite_autoincrement=True,
+)
+
+# A single row (id 1): the highest seq pruning has deleted, so that a reader
+# positioned below it knows it may have missed changes.
+key_changes_pruned = Table(
+    "key_changes_pruned",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("pruned_through", BigInteger, nullable=False),
 )

@@ -1,6 +1,8 @@
-"""``SqlKeyStore``: the ``KeyStore`` Protocol on SQLAlchemy Core.
+"""``SqlKeyStore``: the ``KeyStore`` and ``ChangeFeed`` Protocols on SQLAlchemy Core.
 
-Every mutation and its audit event commit in one transaction. Driver and
+Every mutation, its audit event and its change-feed entry commit in one
+transaction; on PostgreSQL the transaction also NOTIFYs the listeners of
+other processes, which PostgreSQL delivers only once it has committed. Driver and
 connection errors become ``StoreUnavailable`` in one place,
 :func:`_unavailable_on_error`, so no database text reaches a caller.
 """
@@ -12,7 +14,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,14 +44,25 @@ from server.domain.records import (
     AuditAction,
     AuditPage,
     AuditRecord,
+    ChangeKind,
+    ChangePage,
+    KeyChange,
     KeyChanges,
     KeyCursor,
     KeyPage,
     KeyRecord,
 )
-from server.domain.store import KeyStore
+from server.domain.store import ChangeFeed, KeyStore
 from server.store._engine import create_engine, writer
-from server.store._schema import api_keys, audit_events, contact_centers, retired_lookup_hashes
+from server.store._listener import CHANGE_CHANNEL, ChangeListener
+from server.store._schema import (
+    api_keys,
+    audit_events,
+    contact_centers,
+    key_changes,
+    key_changes_pruned,
+    retired_lookup_hashes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +120,9 @@ async def migrate(database_url: str) -> None:
         await engine.dispose()
 
 
-class SqlKeyStore(KeyStore):
-    """The key store on SQLite (aiosqlite) or PostgreSQL (asyncpg).
+class SqlKeyStore(KeyStore, ChangeFeed):
+    """The key store and its change feed on SQLite (aiosqlite) or PostgreSQL
+    (asyncpg).
 
     Build one with :func:`open_store`, which configures the engine this
     class relies on.
@@ -179,6 +193,7 @@ class SqlKeyStore(KeyStore):
                     new_scopes=stored.scopes,
                 ),
             )
+            await self._record_change(conn, stored.lookup_hash, ChangeKind.CREATED)
         return stored
 
     async def get_key(self, contact_center_id: str, key_id: str) -> KeyRecord | None:
@@ -289,6 +304,7 @@ class SqlKeyStore(KeyStore):
                     new_scopes=after.scopes if changes.scopes is not None else (),
                 ),
             )
+            await self._record_change(conn, after.lookup_hash, ChangeKind.UPDATED)
         return before, after
 
     async def delete_key(
@@ -329,6 +345,7 @@ class SqlKeyStore(KeyStore):
                     old_scopes=deleted.scopes,
                 ),
             )
+            await self._record_change(conn, deleted.lookup_hash, ChangeKind.DELETED)
         return deleted
 
     async def reveal_key(
@@ -421,9 +438,100 @@ class SqlKeyStore(KeyStore):
         async with self._write("record_last_used") as conn:
             await conn.execute(statement, params)
 
+    async def latest_change(self) -> int:
+        """The highest change ``seq`` committed so far (pruned ones
+        included), or 0."""
+        async with self._read("latest_change") as conn:
+            latest = await conn.scalar(select(func.max(key_changes.c.seq)))
+            pruned = await conn.scalar(select(key_changes_pruned.c.pruned_through))
+        return max(int(latest or 0), int(pruned or 0))
+
+    async def changes_after(self, seq: int, *, limit: int) -> ChangePage:
+        """Change entries with ``seq`` above ``seq``, oldest first; at most
+        ``limit``."""
+        _check_limit(limit)
+        async with self._read("changes_after") as conn:
+            result = await conn.execute(
+                select(key_changes)
+                .where(key_changes.c.seq > seq)
+                .order_by(key_changes.c.seq)
+                .limit(limit)
+            )
+            rows = result.mappings().all()
+            # Read after the entries: a prune committing in between then shows
+            # up here, so the reader errs towards "may have missed some".
+            pruned = await conn.scalar(select(key_changes_pruned.c.pruned_through))
+        return ChangePage(
+            changes=tuple(
+                KeyChange(
+                    seq=row["seq"],
+                    lookup_hash=bytes(row["lookup_hash"]),
+                    kind=ChangeKind(row["kind"]),
+                    time=_from_micros(row["time"]),
+                )
+                for row in rows
+            ),
+            pruned_through=int(pruned or 0),
+        )
+
+    async def prune_changes(self, before: datetime) -> int:
+        """Delete change entries older than ``before`` and raise the pruned
+        mark to the highest ``seq`` deleted; returns how many went.
+
+        Any number of processes may prune at once: they queue on the mark's
+        row, and the later ones find nothing left to delete.
+        """
+        cutoff = _to_micros(before)
+        async with self._write("prune_changes") as conn:
+            through = await conn.scalar(
+                select(func.max(key_changes.c.seq)).where(key_changes.c.time < cutoff)
+            )
+            if through is None:
+                return 0
+            await conn.execute(
+                update(key_changes_pruned)
+                .where(
+                    key_changes_pruned.c.id == 1,
+                    key_changes_pruned.c.pruned_through < through,
+                )
+                .values(pruned_through=through)
+            )
+            result = await conn.execute(delete(key_changes).where(key_changes.c.seq <= through))
+        return int(result.rowcount)
+
+    async def follow_notifications(self, wake: Callable[[], None]) -> None:
+        """On PostgreSQL, LISTEN on a dedicated connection and call ``wake``
+        on every change notification and every (re)connect, until cancelled.
+        On SQLite there is nothing to listen to: returns at once."""
+        if not self._postgres:
+            return
+        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        await ChangeListener(dsn, wake).run()
+
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+    async def _record_change(
+        self, conn: AsyncConnection, lookup_hash: bytes, kind: ChangeKind
+    ) -> None:
+        """Append a change entry to the mutation's transaction. Called last
+        in it, so that the ``seq`` is taken just before the commit and later
+        ``seq`` values rarely become visible first."""
+        seq = await conn.scalar(
+            insert(key_changes)
+            .values(
+                lookup_hash=lookup_hash,
+                kind=kind.value,
+                # The wall clock, not the mutation's time: pruning goes by age.
+                time=_to_micros(datetime.now(UTC)),
+            )
+            .returning(key_changes.c.seq)
+        )
+        if self._postgres:
+            # Only a wake-up (the payload is the seq, never key material):
+            # readers take the changes themselves from the table.
+            await conn.execute(select(func.pg_notify(CHANGE_CHANNEL, str(seq))))
 
     @contextlib.asynccontextmanager
     async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:

@@ -13,7 +13,15 @@ from server.store import migrate, open_store
 from server.store._schema import metadata
 from tests.conftest import KeyFactory
 
-TABLES = {"alembic_version", "api_keys", "audit_events", "contact_centers", "retired_lookup_hashes"}
+TABLES = {
+    "alembic_version",
+    "api_keys",
+    "audit_events",
+    "contact_centers",
+    "key_changes",
+    "key_changes_pruned",
+    "retired_lookup_hashes",
+}
 
 
 async def _inspect(database_url: str) -> tuple[set[str], str, list[object]]:
@@ -39,7 +47,7 @@ async def test_migrating_a_fresh_database_creates_the_schema(database_url: str) 
     tables, revision, differences = await _inspect(database_url)
 
     assert tables == TABLES
-    assert revision == "0001"
+    assert revision == "0002"
     assert differences == []
 
 
@@ -57,11 +65,11 @@ async def test_migrating_again_changes_nothing(database_url: str, make_key: KeyF
     finally:
         await store.close()
     tables, revision, _ = await _inspect(database_url)
-    assert (tables, revision) == (TABLES, "0001")
+    assert (tables, revision) == (TABLES, "0002")
 
 
 async def test_replicas_migrating_at_once_all_succeed(database_url: str) -> None:
     await asyncio.gather(*(migrate(database_url) for _ in range(4)))
 
     tables, revision, _ = await _inspect(database_url)
-    assert (tables, revision) == (TABLES, "0001")
+    assert (tables, revision) == (TABLES, "0002")
