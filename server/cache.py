@@ -61,9 +61,11 @@ class CachedKeyStore:
     async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
         """The key from memory, or from the store on a miss (shared by
         concurrent callers of the same hash)."""
-        record = self._found.get(lookup_hash)
-        if record is not None:
-            return record
+        # One TTL-checked lookup on the hot path (``get`` would make two).
+        try:
+            return self._found[lookup_hash]
+        except KeyError:
+            pass
         if lookup_hash in self._unknown:
             return None
         pending = self._inflight.get(lookup_hash)

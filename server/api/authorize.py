@@ -10,7 +10,7 @@ import grpc
 from server.api import convert
 from server.api.errors import abort
 from server.domain.authorize import Authorizer
-from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision
+from server.domain.decisions import Decision
 from server.domain.errors import FieldViolation, InvalidArgument
 from voiso.apikeys.v1 import authorize_pb2 as pb
 from voiso.apikeys.v1 import authorize_pb2_grpc
@@ -18,6 +18,7 @@ from voiso.apikeys.v1 import authorize_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_BATCH = 100
+MEMO_LIMIT = 4096
 
 
 class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
@@ -25,11 +26,11 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
 
     def __init__(self, authorizer: Authorizer) -> None:
         self._check = authorizer.check
-        # The two denials that carry nothing about the request are built once.
-        self._constant = {
-            id(KEY_MALFORMED): convert.check_response(KEY_MALFORMED),
-            id(ROUTE_NOT_FOUND): convert.check_response(ROUTE_NOT_FOUND),
-        }
+        # The authorizer hands out the same Decision object for repeated
+        # checks (constant denials, memoised allows), so the message built for
+        # it can be sent again. Each entry holds its decision, which keeps the
+        # id from being reused while the entry exists.
+        self._responses: dict[int, tuple[Decision, pb.CheckResponse]] = {}
 
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
         try:
@@ -53,8 +54,14 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
         return pb.CheckBatchResponse(results=results)
 
     def _response(self, decision: Decision) -> pb.CheckResponse:
-        constant = self._constant.get(id(decision))
-        return constant if constant is not None else convert.check_response(decision)
+        entry = self._responses.get(id(decision))
+        if entry is not None and entry[0] is decision:
+            return entry[1]
+        response = convert.check_response(decision)
+        if len(self._responses) >= MEMO_LIMIT:
+            self._responses.clear()
+        self._responses[id(decision)] = (decision, response)
+        return response
 
 
 def _validate_batch(checks: Any) -> None:

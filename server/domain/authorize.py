@@ -12,12 +12,13 @@ from __future__ import annotations
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.keys import KeyHasher, is_well_formed
+from server.domain.records import KeyRecord
 from server.domain.routes import RouteMatch, RouteTable
 from server.domain.scopes import implied_scopes
 from server.domain.store import KeyStore
 from server.domain.usage import UsageRecorder
 
-_GRANT_MEMO_LIMIT = 4096
+_MEMO_LIMIT = 4096
 
 
 class Authorizer:
@@ -38,6 +39,17 @@ class Authorizer:
         # Keys share few distinct scope sets; expanding one once saves the
         # work on every later check of any key that has it.
         self._grants: dict[tuple[str, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
+        self._decisions: dict[tuple[int, int], tuple[KeyRecord, Decision]] = {}
+        # Routes are the table's own objects for the server's lifetime.
+        self._not_found = {
+            id(match): Decision(
+                allowed=False,
+                reason=Reason.KEY_NOT_FOUND,
+                required_scopes=match.required_scopes,
+                route=match.route,
+            )
+            for match in routes.routes
+        }
 
     async def check(self, key: str, method: str, path: str) -> Decision:
         """Decides one check. Raises ``InvalidArgument`` for an empty method
@@ -56,17 +68,25 @@ class Authorizer:
             return ROUTE_NOT_FOUND
         record = await self._store.find_by_lookup_hash(self._hasher.lookup_hash(key))
         if record is None:
-            return Decision(
-                allowed=False,
-                reason=Reason.KEY_NOT_FOUND,
-                required_scopes=match.required_scopes,
-                route=match.route,
-            )
-        granted, granted_sorted = self._grant(record.scopes)
-        allowed = _covers(granted, match)
-        if allowed:
+            return self._not_found[id(match)]
+        decision = self._decide(record, match)
+        if decision.allowed:
             self._usage.record(record.id)
-        return Decision(
+        return decision
+
+    def _decide(self, record: KeyRecord, match: RouteMatch) -> Decision:
+        # A cached key is the same record object until the cache drops it, and
+        # a route is the table's own object, so the decision for the pair can
+        # be reused. The entry holds the record, so its id cannot be taken by
+        # another object while the entry exists; the identity check makes a
+        # reused id after eviction a miss, never a wrong answer.
+        memo_key = (id(record), id(match))
+        entry = self._decisions.get(memo_key)
+        if entry is not None and entry[0] is record:
+            return entry[1]
+        granted, granted_sorted = self._grant(record.scopes)
+        allowed = not granted.isdisjoint(match.required_scopes)
+        decision = Decision(
             allowed=allowed,
             reason=Reason.ALLOWED if allowed else Reason.SCOPE_MISSING,
             key_id=record.id,
@@ -75,17 +95,17 @@ class Authorizer:
             required_scopes=match.required_scopes,
             route=match.route,
         )
+        if len(self._decisions) >= _MEMO_LIMIT:
+            self._decisions.clear()
+        self._decisions[memo_key] = (record, decision)
+        return decision
 
     def _grant(self, scopes: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
         grant = self._grants.get(scopes)
         if grant is None:
             expanded = implied_scopes(scopes)
             grant = (expanded, tuple(sorted(expanded)))
-            if len(self._grants) >= _GRANT_MEMO_LIMIT:
+            if len(self._grants) >= _MEMO_LIMIT:
                 self._grants.clear()
             self._grants[scopes] = grant
         return grant
-
-
-def _covers(granted: frozenset[str], match: RouteMatch) -> bool:
-    return any(scope in granted for scope in match.required_scopes)

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 MAX_PATH_LENGTH = 2048
+MEMO_SIZE = 8192
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_ROUTES_RESOURCE = "data/routes.txt"
 
@@ -92,11 +93,14 @@ class _Trie:
 class RouteTable:
     """The compiled route table. Build it with ``load`` or ``from_text``."""
 
-    __slots__ = ("_routes", "_tries")
+    __slots__ = ("_memo", "_routes", "_tries")
 
     def __init__(self, routes: tuple[RouteMatch, ...], tries: dict[str, _Trie]) -> None:
         self._routes = routes
         self._tries = tries
+        # The table never changes, so an answer can be remembered; hot
+        # endpoints repeat the same method and path over and over.
+        self._memo: dict[tuple[str, str], RouteMatch | None] = {}
 
     @classmethod
     def load(cls, path: Path | None = None, *, known_scopes: Collection[str]) -> RouteTable:
@@ -145,8 +149,22 @@ class RouteTable:
         ``HEAD`` follows ``GET``; methods are case-sensitive; the query
         string is ignored.
         """
+        if len(path) > MAX_PATH_LENGTH:
+            return None
+        request = (method, path)
+        try:
+            return self._memo[request]
+        except KeyError:
+            pass
+        found = self._match(method, path)
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[request] = found
+        return found
+
+    def _match(self, method: str, path: str) -> RouteMatch | None:
         trie = self._tries.get("GET" if method == "HEAD" else method)
-        if trie is None or len(path) > MAX_PATH_LENGTH:
+        if trie is None:
             return None
         path, _, query = path.partition("?")
         if query and _QUERY.fullmatch(query) is None:
