@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from server.domain.records import KeyRecord
 from server.store import SqlKeyStore, open_store
 from tests.harness import SHARED_SECRETS, Harness, running_server
+from tests.pg_cluster import ThrowawayCluster
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "APIKEYS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -158,3 +159,18 @@ async def harness_on(tmp_path: Path, database_url: str) -> AsyncIterator[Harness
         tmp_path / "var", args=["--database-url", database_url, *SHARED_SECRETS]
     ) as started:
         yield started
+
+
+@pytest.fixture
+def cluster() -> Iterator[ThrowawayCluster]:
+    """A started PostgreSQL cluster of the test's own, for tests that stop,
+    restart or break the database (never the shared server)."""
+    try:
+        started = ThrowawayCluster()
+        started.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"cannot start a throwaway PostgreSQL cluster: {exc}", pytrace=False)
+    try:
+        yield started
+    finally:
+        started.destroy()

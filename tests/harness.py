@@ -28,17 +28,15 @@ SHARED_SECRETS = (
 ALL_PERMISSIONS = ("api_keys.view", "api_keys.create", "api_keys.edit", "api_keys.delete")
 
 
-@dataclass
-class Harness:
-    """A started server and what a test needs to talk to it."""
+class Stubs:
+    """Stubs of both services over a server's channel."""
 
-    server: ApiKeysServer
-    data_dir: Path
     channel: grpc.aio.Channel
+    port: int
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
+        return f"127.0.0.1:{self.port}"
 
     @property
     def admin(self) -> key_admin_pb2_grpc.KeyAdminStub:
@@ -47,6 +45,19 @@ class Harness:
     @property
     def authorize(self) -> authorize_pb2_grpc.AuthorizeStub:
         return authorize_pb2_grpc.AuthorizeStub(self.channel)
+
+
+@dataclass
+class Harness(Stubs):
+    """A started server and what a test needs to talk to it."""
+
+    server: ApiKeysServer
+    data_dir: Path
+    channel: grpc.aio.Channel
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     def token(
         self,

@@ -17,27 +17,10 @@ from server.domain.keys import KEY_PREFIX, generate_key
 from server.domain.routes import RouteTable
 from server.domain.scopes import SCOPE_CATALOG, implied_scopes
 from tests.api.rpc import bad_fields, rpc_error
+from tests.domain.test_routes import CONFIRMED, concrete
 from tests.harness import Harness
 from voiso.apikeys.v1 import authorize_pb2 as az
 from voiso.apikeys.v1 import key_admin_pb2 as pb
-
-CONFIRMED = [
-    ("GET", "/api/v4/reporting/cdrs", "reporting.cdrs.read"),
-    ("GET", "/api/v4/campaigns", "campaigns.read"),
-    ("POST", "/api/v4/campaigns/{campaign_id}/pause", "campaigns.manage"),
-    ("POST", "/api/v4/campaigns/{campaign_id}/leads", "campaigns.manage"),
-    ("GET", "/api/v4/users", "users.read"),
-    ("GET", "/api/v4/routing/queues/{queue_id}", "routing.queues.read"),
-    ("GET", "/api/v4/routing/queues/{queue_id}/users", "routing.queues.read"),
-    ("GET", "/api/v4/tasks/webhooks/{webhook_id}", "tasks.webhooks.read"),
-    ("GET", "/api/v4/tasks/webhook_failures", "tasks.webhooks.read"),
-    ("GET", "/api/v4/tasks/webhook_failures/{id}", "tasks.webhooks.read"),
-    ("POST", "/api/v4/tasks/webhook_failures/{id}/retrigger", "tasks.webhooks.manage"),
-]
-
-
-def concrete(template: str) -> str:
-    return "/".join("42" if part.startswith("{") else part for part in template.split("/"))
 
 
 async def new_key(h: Harness, scopes: list[str], contact_center: str = "cc-1") -> tuple[str, str]:

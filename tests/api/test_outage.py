@@ -8,7 +8,6 @@ started again under the running server; the shared server is never touched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,19 +21,6 @@ from voiso.apikeys.v1 import authorize_pb2 as az
 from voiso.apikeys.v1 import key_admin_pb2 as pb
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def cluster() -> Iterator[ThrowawayCluster]:
-    try:
-        started = ThrowawayCluster()
-        started.start()
-    except (RuntimeError, OSError) as exc:
-        pytest.fail(f"cannot start a throwaway PostgreSQL cluster: {exc}", pytrace=False)
-    try:
-        yield started
-    finally:
-        started.destroy()
 
 
 async def check(h: Harness, key: str) -> az.CheckResponse:

@@ -25,9 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.devtoken import DEV_SIGNING_KEY_FILE, mint_dev_token
 from server.admin_tokens import ensure_dev_key_pair
-from tests.harness import SHARED_SECRETS
+from tests.harness import SHARED_SECRETS, Stubs
 from voiso.apikeys.v1 import authorize_pb2 as az
-from voiso.apikeys.v1 import authorize_pb2_grpc, key_admin_pb2_grpc
 from voiso.apikeys.v1 import key_admin_pb2 as pb
 
 START_TIMEOUT_S = 30.0
@@ -61,25 +60,13 @@ class AdminKeys:
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(Stubs):
     """One running ``apikeys-server`` and a channel to it."""
 
     process: subprocess.Popen[bytes]
     port: int
     log: Path
     channel: grpc.aio.Channel
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def admin(self) -> key_admin_pb2_grpc.KeyAdminStub:
-        return key_admin_pb2_grpc.KeyAdminStub(self.channel)
-
-    @property
-    def authorize(self) -> authorize_pb2_grpc.AuthorizeStub:
-        return authorize_pb2_grpc.AuthorizeStub(self.channel)
 
     async def check(self, key: str) -> az.CheckResponse:
         return await self.authorize.Check(

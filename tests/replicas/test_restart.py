@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -32,19 +31,6 @@ from voiso.apikeys.v1 import key_admin_pb2 as pb
 pytestmark = pytest.mark.postgres
 
 POLL_S = 0.5
-
-
-@pytest.fixture
-def cluster() -> Iterator[ThrowawayCluster]:
-    try:
-        started = ThrowawayCluster()
-        started.start()
-    except (RuntimeError, OSError) as exc:
-        pytest.fail(f"cannot start a throwaway PostgreSQL cluster: {exc}", pytrace=False)
-    try:
-        yield started
-    finally:
-        started.destroy()
 
 
 async def _load(server: ServerProcess, cached: str, outcomes: Counter[str]) -> None:
