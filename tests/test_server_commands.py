@@ -1,0 +1,50 @@
+"""``apikeys-server migrate`` and ``apikeys-server health`` as an operator
+or a container runtime runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from tests.harness import Harness
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEYS_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
+    code, _, err = await _run("migrate", "--data-dir", str(tmp_path), "--log-format", "text")
+    assert code == 0, err
+    with sqlite3.connect(tmp_path / "apikeys.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"api_keys", "audit_events", "key_changes"} <= tables
+    again, _, err = await _run("migrate", "--data-dir", str(tmp_path), "--log-format", "text")
+    assert again == 0, err
+
+
+async def test_health_reports_a_serving_server(harness: Harness) -> None:
+    code, out, _ = await _run("health", "--listen", harness.target)
+    assert code == 0
+    assert "SERVING" in out
+
+
+async def test_health_fails_when_nothing_listens() -> None:
+    code, _, err = await _run("health", "--listen", "127.0.0.1:1")
+    assert code == 1
+    assert "not healthy" in err
