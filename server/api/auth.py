@@ -7,6 +7,8 @@ handler. Calls to other services pass straight through untouched.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeAlias, cast
@@ -17,6 +19,8 @@ from server.admin_tokens import AdminTokenVerifier
 from server.api.errors import abort
 from server.domain.errors import Unauthenticated
 from server.domain.permissions import Actor
+
+log = logging.getLogger(__name__)
 
 KEY_ADMIN_PREFIX = "/voiso.apikeys.v1.KeyAdmin/"
 
@@ -49,7 +53,7 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):
             actor = self._verifier.verify(_bearer(handler_call_details.invocation_metadata))
         except Unauthenticated as exc:
             return _rejecting(handler, exc)
-        return _with_actor(handler, actor)
+        return _with_actor(handler, actor, handler_call_details.method)
 
 
 def _bearer(metadata: Any) -> str:
@@ -63,16 +67,31 @@ def _bearer(metadata: Any) -> str:
     raise Unauthenticated("no authorization metadata")
 
 
-def _with_actor(handler: Handler, actor: Actor) -> Handler:
+def _with_actor(handler: Handler, actor: Actor, method: str) -> Handler:
     # KeyAdmin has only unary calls, served by async behaviours.
     inner = cast(_Behavior, handler.unary_unary)
+    rpc = method.removeprefix(KEY_ADMIN_PREFIX)
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         token = _actor.set(actor)
+        started = time.perf_counter()
         try:
             return await inner(request, context)
         finally:
             _actor.reset(token)
+            # Who did what and how it ended; never request fields, which
+            # may hold a secret pasted into the wrong place.
+            code = context.code()
+            log.info(
+                "admin call",
+                extra={
+                    "rpc": rpc,
+                    "actor": actor.actor_id,
+                    "contact_center": actor.contact_center_id,
+                    "code": code.name if isinstance(code, grpc.StatusCode) else "OK",
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
 
     return grpc.unary_unary_rpc_method_handler(
         behavior,

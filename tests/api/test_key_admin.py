@@ -467,3 +467,23 @@ async def test_plaintext_key_is_in_no_table_log_or_error(
             assert secret.encode() not in content, path
             assert secret[4:-6].encode() not in content, path
     assert secret not in caplog.text
+
+
+async def test_admin_calls_are_logged_with_actor_and_outcome(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server.api.auth")
+    created = await create(harness)
+    await rpc_error(
+        harness.admin.GetKey(pb.GetKeyRequest(id="key_missing"), metadata=harness.auth())
+    )
+    calls = [
+        (r.rpc, r.actor, r.contact_center, r.code)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "admin call"
+    ]
+    assert calls == [
+        ("CreateKey", "admin-1", "cc-1", "OK"),
+        ("GetKey", "admin-1", "cc-1", "NOT_FOUND"),
+    ]
+    assert created.secret not in caplog.text
