@@ -45,7 +45,7 @@ class CachedKeyStore:
         self._store = store
         self._found: TTLCache[bytes, KeyRecord] = TTLCache(maxsize=size, ttl=ttl)
         self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_size, ttl=negative_ttl)
-        self._inflight: dict[bytes, asyncio.Future[KeyRecord | None]] = {}
+        self._inflight: dict[bytes, asyncio.Task[KeyRecord | None]] = {}
         # Bumped on every invalidation so that a lookup which started before
         # it cannot put the stale answer back into the cache.
         self._generation = 0
@@ -68,30 +68,28 @@ class CachedKeyStore:
             pass
         if lookup_hash in self._unknown:
             return None
-        pending = self._inflight.get(lookup_hash)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
-        self._inflight[lookup_hash] = future
-        generation = self._generation
+        lookup = self._inflight.get(lookup_hash)
+        if lookup is None:
+            # The query runs in a task of the cache's own, not in the first
+            # caller's: a caller that gives up (deadline, disconnect) cancels
+            # only its own wait, never the lookup the others are sharing.
+            lookup = asyncio.create_task(self._load(lookup_hash, self._generation))
+            lookup.add_done_callback(_retrieve_outcome)
+            self._inflight[lookup_hash] = lookup
+        return await asyncio.shield(lookup)
+
+    async def _load(self, lookup_hash: bytes, generation: int) -> KeyRecord | None:
         try:
             record = await self._store.find_by_lookup_hash(lookup_hash)
-        except BaseException as exc:
-            future.set_exception(exc)
-            # Waiters see the exception; nobody else needs to retrieve it.
-            future.exception()
-            raise
-        else:
-            future.set_result(record)
-            if generation == self._generation:
-                if record is None:
-                    self._unknown[lookup_hash] = True
-                else:
-                    self._found[lookup_hash] = record
-            return record
         finally:
-            if self._inflight.get(lookup_hash) is future:
+            if self._inflight.get(lookup_hash) is asyncio.current_task():
                 del self._inflight[lookup_hash]
+        if generation == self._generation:
+            if record is None:
+                self._unknown[lookup_hash] = True
+            else:
+                self._found[lookup_hash] = record
+        return record
 
     def invalidate(self, lookup_hashes: frozenset[bytes] | set[bytes] | list[bytes]) -> None:
         """Forgets what is known about these hashes."""
@@ -183,5 +181,15 @@ class CachedKeyStore:
         await self._store.record_last_used(uses)
 
     async def close(self) -> None:
-        """Closes the wrapped store."""
+        """Cancels lookups under way and closes the wrapped store."""
+        for lookup in list(self._inflight.values()):
+            lookup.cancel()
+        self._inflight.clear()
         await self._store.close()
+
+
+def _retrieve_outcome(lookup: asyncio.Task[KeyRecord | None]) -> None:
+    # Every waiter may have gone; marking the outcome retrieved keeps an
+    # outage from being reported as "exception never retrieved".
+    if not lookup.cancelled():
+        lookup.exception()

@@ -1,0 +1,94 @@
+"""The cache's own guarantees, with a store fake at the KeyStore protocol
+whose lookups can be held open."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from server.cache import CachedKeyStore
+from server.domain.errors import StoreUnavailable
+from tests.conftest import KeyFactory
+
+
+class HeldStore:
+    """Answers ``find_by_lookup_hash`` only when released; counts lookups."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.lookups = 0
+        self.release = asyncio.Event()
+
+    async def find_by_lookup_hash(self, lookup_hash: bytes) -> Any:
+        self.lookups += 1
+        await self.release.wait()
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+    async def close(self) -> None:
+        pass
+
+
+def cache_over(store: HeldStore) -> CachedKeyStore:
+    return CachedKeyStore(store, ttl=30, size=10, negative_ttl=5, negative_size=10)  # type: ignore[arg-type]
+
+
+async def test_concurrent_misses_share_one_lookup(make_key: KeyFactory) -> None:
+    record = make_key()
+    store = HeldStore(record)
+    cache = cache_over(store)
+    waiters = [asyncio.create_task(cache.find_by_lookup_hash(b"h")) for _ in range(10)]
+    await asyncio.sleep(0)
+    store.release.set()
+    assert await asyncio.gather(*waiters) == [record] * 10
+    assert store.lookups == 1
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_others(make_key: KeyFactory) -> None:
+    record = make_key()
+    store = HeldStore(record)
+    cache = cache_over(store)
+    impatient = asyncio.create_task(cache.find_by_lookup_hash(b"h"))
+    patient = asyncio.create_task(cache.find_by_lookup_hash(b"h"))
+    await asyncio.sleep(0)
+    impatient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    store.release.set()
+    assert await asyncio.wait_for(patient, timeout=5) is record
+    assert await cache.find_by_lookup_hash(b"h") is record
+    assert store.lookups == 1
+
+
+async def test_an_outage_reaches_every_waiter_and_is_not_cached() -> None:
+    store = HeldStore(StoreUnavailable("down"))
+    cache = cache_over(store)
+    waiters = [asyncio.create_task(cache.find_by_lookup_hash(b"h")) for _ in range(3)]
+    await asyncio.sleep(0)
+    store.release.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(result, StoreUnavailable) for result in results)
+    store.answer = None
+    assert await cache.find_by_lookup_hash(b"h") is None
+    assert store.lookups == 2
+
+
+async def test_a_lookup_under_way_during_an_invalidation_is_not_joined_or_kept(
+    make_key: KeyFactory,
+) -> None:
+    stale = make_key()
+    store = HeldStore(stale)
+    cache = cache_over(store)
+    first = asyncio.create_task(cache.find_by_lookup_hash(b"h"))
+    await asyncio.sleep(0)
+    cache.invalidate([b"h"])  # e.g. the key was deleted meanwhile
+    store.answer = None
+    second = asyncio.create_task(cache.find_by_lookup_hash(b"h"))
+    await asyncio.sleep(0)
+    store.release.set()
+    assert await second is None
+    await first
+    assert await cache.find_by_lookup_hash(b"h") is None
