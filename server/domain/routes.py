@@ -41,14 +41,16 @@ _QUERY = re.compile(r"[!-\"$-~]*")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # Escapes a router might decode into a different path are refused: "/" and
-# "\" (separators), "%" (double encoding), control and non-ASCII bytes, and
+# "\" (separators), "%" (double encoding), ";", "?" and "#" (a router or
+# proxy that decodes before splitting would cut the path there), control and
+# non-ASCII bytes, and
 # unreserved characters, whose escaped and plain forms are the same URI (so
 # "te%61ms" is "teams", not a parameter value). Lowercase hex is compared
 # upper-cased.
 _ALLOWED_ESCAPES = frozenset(
     f"{byte:02X}"
     for byte in range(0x20, 0x7F)
-    if chr(byte) not in _UNRESERVED and chr(byte) not in "/\\%"
+    if chr(byte) not in _UNRESERVED and chr(byte) not in "/\\%;?#"
 )
 _DOT_SEGMENTS = (".", "..")
 
@@ -149,7 +151,12 @@ class RouteTable:
         ``HEAD`` follows ``GET``; methods are case-sensitive; the query
         string is ignored.
         """
-        if len(path) > MAX_PATH_LENGTH:
+        # Only requests that could match are remembered, so the memo holds at
+        # most MEMO_SIZE short entries whatever a caller sends.
+        if (
+            len(path) > MAX_PATH_LENGTH
+            or ("GET" if method == "HEAD" else method) not in self._tries
+        ):
             return None
         request = (method, path)
         try:
