@@ -41,6 +41,9 @@ DEFAULT_LEEWAY_SECONDS: Final = 30
 
 MIN_RSA_KEY_BITS: Final = 2048
 
+MAX_ID_CLAIM_LENGTH: Final = 128
+"""Longest ``sub`` and ``contact_center_id`` accepted: what the store keeps."""
+
 PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
@@ -81,18 +84,31 @@ class AdminTokenVerifier:
     """Verifies admin JWTs against a fixed set of public keys."""
 
     def __init__(
-        self, keys: Sequence[VerificationKey], *, leeway: int = DEFAULT_LEEWAY_SECONDS
+        self,
+        keys: Sequence[VerificationKey],
+        *,
+        leeway: int = DEFAULT_LEEWAY_SECONDS,
+        audience: str | None = None,
+        issuer: str | None = None,
     ) -> None:
         if not keys:
             raise ValueError("at least one public key is required")
         self._keys = tuple(keys)
         self._leeway = leeway
+        self._audience = audience
+        self._issuer = issuer
+        # With an audience or issuer configured, tokens must carry and match
+        # it; without, those claims are not checked, so tokens that carry one
+        # are still accepted.
+        self._required = ["exp", *(["aud"] if audience else []), *(["iss"] if issuer else [])]
         self._algorithms = frozenset(key.algorithm for key in self._keys)
         # A kid header selects one JWKS key; PEM keys carry no kid and are all tried.
         self._selects_by_kid = any(key.kid is not None for key in self._keys)
 
     @classmethod
-    def from_file(cls, path: Path) -> AdminTokenVerifier:
+    def from_file(
+        cls, path: Path, *, audience: str | None = None, issuer: str | None = None
+    ) -> AdminTokenVerifier:
         """Loads the public keys of a PEM file (``PUBLIC KEY`` blocks) or a JWKS JSON file.
 
         Raises ``ValueError("<path>: <reason>")`` when the file cannot be read or
@@ -106,7 +122,7 @@ class AdminTokenVerifier:
             keys = _parse_pem(text) if "-----BEGIN" in text else _parse_jwks(text)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        return cls(keys)
+        return cls(keys, audience=audience, issuer=issuer)
 
     def verify(self, token: str) -> Actor:
         """Returns the actor of a valid token; raises ``Unauthenticated`` otherwise.
@@ -132,7 +148,13 @@ class AdminTokenVerifier:
                     token,
                     key.public_key,
                     algorithms=[key.algorithm],
-                    options={"require": ["exp"]},
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    options={
+                        "require": self._required,
+                        "verify_aud": self._audience is not None,
+                        "verify_iss": self._issuer is not None,
+                    },
                     leeway=self._leeway,
                 )
             except jwt.InvalidSignatureError:
@@ -141,8 +163,12 @@ class AdminTokenVerifier:
                 raise Unauthenticated("admin token expired") from None
             except jwt.ImmatureSignatureError:
                 raise Unauthenticated("admin token not yet valid") from None
-            except jwt.MissingRequiredClaimError:
-                raise Unauthenticated("admin token has no exp claim") from None
+            except jwt.MissingRequiredClaimError as exc:
+                raise Unauthenticated(f"admin token has no {exc.claim} claim") from None
+            except jwt.InvalidAudienceError:
+                raise Unauthenticated("admin token is for another audience") from None
+            except jwt.InvalidIssuerError:
+                raise Unauthenticated("admin token is from another issuer") from None
             except jwt.PyJWTError:
                 raise Unauthenticated("malformed admin token") from None
             return _actor_from_claims(claims)
@@ -264,11 +290,19 @@ def _parse_jwk(entry: object) -> VerificationKey:
 
 def _actor_from_claims(claims: Mapping[str, Any]) -> Actor:
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
-        raise Unauthenticated("admin token claim sub must be a non-empty string")
+    if not isinstance(subject, str) or not 1 <= len(subject) <= MAX_ID_CLAIM_LENGTH:
+        raise Unauthenticated(
+            f"admin token claim sub must be a string of 1 to {MAX_ID_CLAIM_LENGTH} characters"
+        )
     contact_center_id = claims.get("contact_center_id")
-    if not isinstance(contact_center_id, str) or not contact_center_id:
-        raise Unauthenticated("admin token claim contact_center_id must be a non-empty string")
+    if (
+        not isinstance(contact_center_id, str)
+        or not 1 <= len(contact_center_id) <= MAX_ID_CLAIM_LENGTH
+    ):
+        raise Unauthenticated(
+            "admin token claim contact_center_id must be a string of 1 to "
+            f"{MAX_ID_CLAIM_LENGTH} characters"
+        )
     role = claims.get("role")
     if not isinstance(role, str):
         raise Unauthenticated("admin token claim role must be a string")

@@ -73,7 +73,9 @@ def prepare(settings: Settings) -> Prepared:
             extra={"file": str(keys_file)},
         )
     try:
-        verifier = AdminTokenVerifier.from_file(keys_file)
+        verifier = AdminTokenVerifier.from_file(
+            keys_file, audience=settings.admin_audience, issuer=settings.admin_issuer
+        )
     except ValueError as exc:
         raise SettingsError("--admin-public-keys", str(exc)) from None
     return Prepared(settings=settings, routes=routes, verifier=verifier)
@@ -105,7 +107,6 @@ class ApiKeysServer:
     async def start(self) -> None:
         """Opens the store (migrating it), binds the port and serves."""
         settings = self._prepared.settings
-        assert settings.hmac_secret is not None and settings.encryption_keys is not None
         quiet_parameter_loggers()
         store = await open_store(settings.database_url)
         cache = CachedKeyStore(
@@ -118,8 +119,36 @@ class ApiKeysServer:
         # Before the port opens, so that no answer is cached ahead of the
         # follower knowing where the change feed stands.
         follower = ChangeFollower(store, cache, poll=settings.change_poll)
-        await follower.start()
-        usage = UsageRecorder(cache, interval=settings.last_used_flush)
+        try:
+            await follower.start()
+            usage = UsageRecorder(cache, interval=settings.last_used_flush)
+            server = self._grpc_server(cache, usage)
+            try:
+                self.port = server.add_insecure_port(settings.listen)
+            except RuntimeError as exc:
+                raise SettingsError("--listen", f"cannot bind {settings.listen}") from exc
+            await server.start()
+        except BaseException:
+            await follower.stop()
+            await cache.close()
+            raise
+        usage.start()
+        self._server, self._cache, self._usage = server, cache, usage
+        self._follower = follower
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "listen": f"{settings.listen_host}:{self.port}",
+                "database": make_url(settings.database_url).render_as_string(hide_password=True),
+                "pid": os.getpid(),
+            },
+        )
+
+    def _grpc_server(self, cache: CachedKeyStore, usage: UsageRecorder) -> grpc.aio.Server:
+        settings = self._prepared.settings
+        assert settings.hmac_secret is not None and settings.encryption_keys is not None
         hasher = KeyHasher(settings.hmac_secret.reveal())
         administration = KeyAdministration(
             store=cache,
@@ -130,7 +159,6 @@ class ApiKeysServer:
         authorizer = Authorizer(
             store=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
         )
-
         server = grpc.aio.server(
             interceptors=[AdminAuthInterceptor(self._prepared.verifier)],
             options=[
@@ -149,26 +177,7 @@ class ApiKeysServer:
             ),
             server,
         )
-        try:
-            self.port = server.add_insecure_port(settings.listen)
-        except RuntimeError as exc:
-            await follower.stop()
-            await cache.close()
-            raise SettingsError("--listen", f"cannot bind {settings.listen}") from exc
-        await server.start()
-        usage.start()
-        self._server, self._cache, self._usage = server, cache, usage
-        self._follower = follower
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving",
-            extra={
-                "listen": f"{settings.listen_host}:{self.port}",
-                "database": make_url(settings.database_url).render_as_string(hide_password=True),
-                "pid": os.getpid(),
-            },
-        )
+        return server
 
     async def flush_usage(self) -> None:
         """Writes pending last-used times now instead of at the next tick."""
@@ -189,12 +198,14 @@ class ApiKeysServer:
         grace = self.settings.shutdown_grace if grace is None else grace
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
-        if self._usage is not None:
-            await self._usage.stop()
-        if self._follower is not None:
-            await self._follower.stop()
-        await self.cache.close()
         self._server = None
+        try:
+            if self._usage is not None:
+                await self._usage.stop()
+        finally:
+            if self._follower is not None:
+                await self._follower.stop()
+            await self.cache.close()
         log.info("stopped")
 
 

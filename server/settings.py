@@ -85,6 +85,8 @@ class Settings:
     hmac_secret: Secret[bytes] | None = None
     encryption_keys: Secret[tuple[tuple[str, bytes], ...]] | None = None
     admin_public_keys: Path | None = None
+    admin_audience: str | None = None
+    admin_issuer: str | None = None
     routes: Path | None = None
     cache_ttl: float = DEFAULT_CACHE_TTL
     cache_size: int = DEFAULT_CACHE_SIZE
@@ -151,6 +153,13 @@ OPTIONS: tuple[_Option, ...] = (
         help="comma-separated id:base64 AES-256 keys; the first encrypts, all decrypt (secret)",
     ),
     _Option(flag="--admin-public-keys", help="PEM or JWKS file of the identity service's keys"),
+    _Option(
+        flag="--admin-audience",
+        help="the aud claim admin tokens must carry (recommended; unchecked when unset)",
+    ),
+    _Option(
+        flag="--admin-issuer", help="the iss claim admin tokens must carry (unchecked when unset)"
+    ),
     _Option(flag="--routes", help="route table file replacing the packaged one"),
     _Option(
         flag="--cache-ttl",
@@ -275,6 +284,8 @@ def load_settings(
             lambda value: tuple(parse_encryption_keys(value)),
         ),
         admin_public_keys=_readable_file(raw["admin_public_keys"], "--admin-public-keys"),
+        admin_audience=raw["admin_audience"] or None,
+        admin_issuer=raw["admin_issuer"] or None,
         routes=_readable_file(raw["routes"], "--routes"),
         cache_ttl=_number(raw["cache_ttl"], "--cache-ttl", minimum=0.0),
         cache_size=int(_number(raw["cache_size"], "--cache-size", minimum=1, integer=True)),
@@ -344,14 +355,22 @@ def _generated_secret(path: Path, make: Callable[[], str]) -> str:
     except OSError as exc:
         raise SettingsError("--data-dir", f"cannot read {path}: {exc.strerror}") from exc
     value = make()
+    # Written in full under a private name, then published with link(),
+    # which refuses an existing name: of processes starting together on one
+    # data directory exactly one publishes, and none reads a half-written file.
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets_module.token_hex(4)}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(value + "\n")
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            return path.read_text().strip()
     except OSError as exc:
         raise SettingsError("--data-dir", f"cannot write {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "w") as file:
-        file.write(value + "\n")
+    finally:
+        staging.unlink(missing_ok=True)
     log.warning(
         "generated a development secret; production must supply its own",
         extra={"file": str(path)},

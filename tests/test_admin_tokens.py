@@ -455,3 +455,53 @@ def test_dev_key_pair_is_reused(tmp_path: Path) -> None:
     ensure_dev_key_pair(tmp_path)
     assert (tmp_path / DEV_SIGNING_KEY_FILE).read_bytes() == signing_pem
     assert public_path.read_bytes() == public_pem
+
+
+def _ed25519_verifier(tmp_path: Path, **options: Any) -> tuple[Any, AdminTokenVerifier]:
+    private_key = ed25519.Ed25519PrivateKey.generate()
+    pem = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path = tmp_path / "audience.pem"
+    path.write_bytes(pem)
+    return private_key, AdminTokenVerifier.from_file(path, **options)
+
+
+def _signed(private_key: Any, **claims: Any) -> str:
+    body = {
+        "sub": "admin-1",
+        "contact_center_id": "cc-1",
+        "role": "admin",
+        "exp": int(time.time()) + 300,
+        **claims,
+    }
+    return jwt.encode(body, private_key, algorithm="EdDSA")
+
+
+def test_audience_and_issuer_are_enforced_when_configured(tmp_path: Path) -> None:
+    private_key, verifier = _ed25519_verifier(
+        tmp_path, audience="apikeys", issuer="https://id.example"
+    )
+    good = _signed(private_key, aud="apikeys", iss="https://id.example")
+    assert verifier.verify(good).actor_id == "admin-1"
+    for claims, reason in (
+        ({"aud": "billing", "iss": "https://id.example"}, "audience"),
+        ({"aud": "apikeys", "iss": "https://evil.example"}, "issuer"),
+        ({"iss": "https://id.example"}, "aud"),
+        ({"aud": "apikeys"}, "iss"),
+    ):
+        with pytest.raises(Unauthenticated, match=reason):
+            verifier.verify(_signed(private_key, **claims))
+
+
+def test_without_configured_audience_a_token_carrying_one_is_accepted(tmp_path: Path) -> None:
+    private_key, verifier = _ed25519_verifier(tmp_path)
+    assert verifier.verify(_signed(private_key, aud="apikeys", iss="x")).actor_id == "admin-1"
+
+
+@pytest.mark.parametrize("claim", ["sub", "contact_center_id"])
+def test_identifiers_longer_than_the_store_keeps_are_refused(tmp_path: Path, claim: str) -> None:
+    private_key, verifier = _ed25519_verifier(tmp_path)
+    assert verifier.verify(_signed(private_key, **{claim: "x" * 128}))
+    with pytest.raises(Unauthenticated, match=claim):
+        verifier.verify(_signed(private_key, **{claim: "x" * 129}))
