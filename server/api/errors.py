@@ -23,6 +23,7 @@ from server.domain.errors import (
     InvalidArgument,
     KeyLimitExceeded,
     KeyNotFound,
+    KeyUnreadable,
     PermissionDenied,
     StoreUnavailable,
     Unauthenticated,
@@ -119,6 +120,14 @@ def _describe(exc: BaseException) -> tuple[int, str, str, list[object]]:
             f"the contact center already has {exc.limit} keys; delete one first",
             "KEY_LIMIT_REACHED",
             [quota],
+        )
+    if isinstance(exc, KeyUnreadable):
+        return (
+            code_pb2.FAILED_PRECONDITION,
+            f"the key's secret cannot be decrypted: key-encryption key "
+            f"{exc.encryption_key_id!r} is not configured or the ciphertext is damaged",
+            "SECRET_UNREADABLE",
+            [],
         )
     if isinstance(exc, StoreUnavailable):
         return code_pb2.UNAVAILABLE, "key store unavailable; retry", "STORE_UNAVAILABLE", []

@@ -19,9 +19,10 @@ from server.domain.errors import (
     InvalidArgument,
     KeyCollision,
     KeyNotFound,
+    KeyUnreadable,
     PermissionDenied,
 )
-from server.domain.keys import KeyCipher, KeyHasher, generate_key, last4
+from server.domain.keys import KeyCipher, KeyHasher, SecretUnreadable, generate_key, last4
 from server.domain.paging import PageTokens, resolve_page_size
 from server.domain.permissions import Actor, Permission
 from server.domain.records import (
@@ -208,17 +209,27 @@ class KeyAdministration:
             raise KeyNotFound(key_id)
 
     async def reveal_key(self, actor: Actor, key_id: str) -> str:
-        """The key's plaintext secret; the store audits every reveal."""
+        """The key's plaintext secret. Decrypted first and audited only once
+        it can be shown, so the log never records a reveal that failed."""
         _require(actor, Permission.VIEW)
         key_id = _key_id(key_id)
-        record = await self._store.reveal_key(
-            actor.contact_center_id, key_id, actor_id=actor.actor_id, time=self._clock()
-        )
+        record = await self._store.get_key(actor.contact_center_id, key_id)
         if record is None:
             raise KeyNotFound(key_id)
-        return self._cipher.decrypt(
-            record.encryption_key_id, record.secret_ciphertext, associated_data=record.id.encode()
+        try:
+            secret = self._cipher.decrypt(
+                record.encryption_key_id,
+                record.secret_ciphertext,
+                associated_data=record.id.encode(),
+            )
+        except SecretUnreadable as exc:
+            raise KeyUnreadable(record.encryption_key_id) from exc
+        audited = await self._store.reveal_key(
+            actor.contact_center_id, key_id, actor_id=actor.actor_id, time=self._clock()
         )
+        if audited is None:
+            raise KeyNotFound(key_id)
+        return secret
 
     def list_scopes(self, actor: Actor) -> tuple[Scope, ...]:
         """The scope catalog, sorted by name."""

@@ -9,6 +9,7 @@ status codes; nothing here knows about transports or databases.
     ├── PermissionDenied      the actor lacks the permission
     ├── KeyNotFound           no such key in the actor's contact center
     ├── KeyLimitExceeded      the contact center already has its maximum
+    ├── KeyUnreadable         no configured key-encryption key opens the secret
     └── StoreUnavailable      the store cannot answer right now
 """
 
@@ -64,6 +65,15 @@ class KeyLimitExceeded(DomainError):
         self.contact_center_id = contact_center_id
         self.limit = limit
         super().__init__(f"contact center already has its maximum of {limit} keys")
+
+
+class KeyUnreadable(DomainError):
+    """A key's stored secret cannot be decrypted: its key-encryption key is
+    no longer configured (rotated out too early) or the ciphertext is damaged."""
+
+    def __init__(self, encryption_key_id: str) -> None:
+        self.encryption_key_id = encryption_key_id
+        super().__init__(f"secret encrypted under key-encryption key {encryption_key_id!r}")
 
 
 class StoreUnavailable(DomainError):

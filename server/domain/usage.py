@@ -42,10 +42,19 @@ class UsageRecorder:
         try:
             await self._store.record_last_used(uses)
         except StoreUnavailable:
-            for key_id, at in batch.items():
-                if self._pending.get(key_id, 0.0) < at:
-                    self._pending[key_id] = at
+            self._keep(batch)
             log.warning("could not record last-used times; will retry", extra={"keys": len(batch)})
+        except BaseException:
+            # Cancelled at shutdown mid-write, or failed otherwise: the batch
+            # goes back for the final flush (writing it twice is harmless,
+            # times only move forward).
+            self._keep(batch)
+            raise
+
+    def _keep(self, batch: dict[str, float]) -> None:
+        for key_id, at in batch.items():
+            if self._pending.get(key_id, 0.0) < at:
+                self._pending[key_id] = at
 
     def start(self) -> None:
         """Starts flushing every interval in the background."""
@@ -63,4 +72,7 @@ class UsageRecorder:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("recording last-used times failed; will retry")

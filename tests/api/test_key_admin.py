@@ -487,3 +487,37 @@ async def test_admin_calls_are_logged_with_actor_and_outcome(
         ("GetKey", "admin-1", "cc-1", "NOT_FOUND"),
     ]
     assert created.secret not in caplog.text
+
+
+async def test_key_encryption_key_rotation_keeps_old_secrets_revealable(tmp_path: Path) -> None:
+    import base64
+
+    from tests.harness import running_server
+
+    old = "old:" + base64.b64encode(b"o" * 32).decode()
+    new = "new:" + base64.b64encode(b"n" * 32).decode()
+    data_dir = tmp_path / "var"
+
+    async with running_server(data_dir, args=["--encryption-keys", old]) as before:
+        created = await create(before)
+    async with running_server(data_dir, args=["--encryption-keys", f"{new},{old}"]) as rotated:
+        revealed = await rotated.admin.RevealKey(
+            pb.RevealKeyRequest(id=created.key.id), metadata=rotated.auth()
+        )
+        assert revealed.secret == created.secret
+        fresh = await create(rotated, "after rotation")
+    async with running_server(data_dir, args=["--encryption-keys", new]) as retired:
+        exc = await rpc_error(
+            retired.admin.RevealKey(pb.RevealKeyRequest(id=created.key.id), metadata=retired.auth())
+        )
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'old'" in (exc.details() or "")
+        still = await retired.admin.RevealKey(
+            pb.RevealKeyRequest(id=fresh.key.id), metadata=retired.auth()
+        )
+        assert still.secret == fresh.secret
+        audit = await retired.admin.ListAuditEvents(
+            pb.ListAuditEventsRequest(key_id=created.key.id), metadata=retired.auth()
+        )
+        actions = [event.action for event in audit.events]
+        assert actions == [api_key_pb2.AUDIT_ACTION_REVEALED, api_key_pb2.AUDIT_ACTION_CREATED]
