@@ -7,10 +7,10 @@ because it becomes the gRPC deadline the server sees and stops working at.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
 import grpc
 
@@ -36,6 +36,9 @@ MAX_CHECKS_PER_BATCH: Final = 100
 
 CheckItem = tuple[str, str, str]
 """``(key, method, path)`` of one check."""
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 class Reason(enum.StrEnum):
@@ -147,11 +150,7 @@ class AuthorizeClient:
     def check(self, key: str, method: str, path: str, *, timeout: float | None = None) -> Decision:
         """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method`` ``path``."""
         request = _check_request(key, method, path)
-        response = self._retrier.call(
-            lambda remaining: self._stub.Check(request, timeout=remaining),
-            timeout=self._timeout if timeout is None else timeout,
-        )
-        return Decision.from_proto(response)
+        return Decision.from_proto(self._call(self._stub.Check, request, timeout))
 
     def check_many(
         self, items: Sequence[CheckItem], *, timeout: float | None = None
@@ -163,18 +162,10 @@ class AuthorizeClient:
         return [
             decision
             for request in _batches(items)
-            for decision in self._check_batch(
-                request, self._timeout if timeout is None else timeout
+            for decision in _batch_decisions(
+                request, self._call(self._stub.CheckBatch, request, timeout)
             )
         ]
-
-    def _check_batch(
-        self, request: authorize_pb2.CheckBatchRequest, timeout: float
-    ) -> list[Decision]:
-        response = self._retrier.call(
-            lambda remaining: self._stub.CheckBatch(request, timeout=remaining), timeout=timeout
-        )
-        return _batch_decisions(request, response)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -190,6 +181,18 @@ class AuthorizeClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _call(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> _Response:
+        """Calls ``rpc``, retried, within ``timeout`` or the default."""
+        return self._retrier.call(
+            lambda remaining: rpc(request, timeout=remaining),
+            timeout=self._timeout if timeout is None else timeout,
+        )
 
 
 class AsyncAuthorizeClient:
@@ -212,14 +215,7 @@ class AsyncAuthorizeClient:
     ) -> Decision:
         """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method`` ``path``."""
         request = _check_request(key, method, path)
-
-        async def attempt(remaining: float | None) -> authorize_pb2.CheckResponse:
-            return await self._stub.Check(request, timeout=remaining)
-
-        response = await self._retrier.acall(
-            attempt, timeout=self._timeout if timeout is None else timeout
-        )
-        return Decision.from_proto(response)
+        return Decision.from_proto(await self._call(self._stub.Check, request, timeout))
 
     async def check_many(
         self,
@@ -233,19 +229,9 @@ class AsyncAuthorizeClient:
         """
         decisions: list[Decision] = []
         for request in _batches(items):
-            decisions.extend(
-                await self._check_batch(request, self._timeout if timeout is None else timeout)
-            )
+            response = await self._call(self._stub.CheckBatch, request, timeout)
+            decisions.extend(_batch_decisions(request, response))
         return decisions
-
-    async def _check_batch(
-        self, request: authorize_pb2.CheckBatchRequest, seconds: float
-    ) -> list[Decision]:
-        async def attempt(remaining: float | None) -> authorize_pb2.CheckBatchResponse:
-            return await self._stub.CheckBatch(request, timeout=remaining)
-
-        response = await self._retrier.acall(attempt, timeout=seconds)
-        return _batch_decisions(request, response)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -261,3 +247,15 @@ class AsyncAuthorizeClient:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def _call(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+    ) -> Awaitable[_Response]:
+        """The awaitable form of :meth:`AuthorizeClient._call`."""
+        return self._retrier.acall(
+            lambda remaining: rpc(request, timeout=remaining),
+            timeout=self._timeout if timeout is None else timeout,
+        )

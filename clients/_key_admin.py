@@ -9,10 +9,11 @@ sees.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, TypeVar
 
+import grpc
 from google.protobuf import field_mask_pb2
 
 from clients._channel import ChannelOptions, RetryPolicy, create_aio_channel, create_channel
@@ -23,12 +24,29 @@ __all__ = ["DEFAULT_ADMIN_TIMEOUT", "AsyncKeyAdminClient", "KeyAdminClient"]
 DEFAULT_ADMIN_TIMEOUT: Final = 5.0
 """Seconds an admin call may take, retries included, unless options or call say otherwise."""
 
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
 
 def _metadata(token: str) -> tuple[tuple[str, str], ...]:
     # Checked here so that gRPC never gets to quote a bad token in an error message.
     if not token or not token.isascii() or not token.isprintable() or " " in token:
         raise ValueError("the admin token must be non-empty printable ASCII without spaces")
     return (("authorization", f"Bearer {token}"),)
+
+
+def _list_keys_request(
+    query: str, page_size: int, page_token: str
+) -> key_admin_pb2.ListKeysRequest:
+    return key_admin_pb2.ListKeysRequest(query=query, page_size=page_size, page_token=page_token)
+
+
+def _list_audit_events_request(
+    key_id: str, page_size: int, page_token: str
+) -> key_admin_pb2.ListAuditEventsRequest:
+    return key_admin_pb2.ListAuditEventsRequest(
+        key_id=key_id, page_size=page_size, page_token=page_token
+    )
 
 
 def _update_request(
@@ -79,23 +97,13 @@ class KeyAdminClient:
     ) -> tuple[api_key_pb2.ApiKey, str]:
         """Creates a key; returns it and its secret, which is shown only this once."""
         request = key_admin_pb2.CreateKeyRequest(name=name, description=description, scopes=scopes)
-        response = self._once.call(
-            lambda remaining: self._stub.CreateKey(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        response = self._call(self._stub.CreateKey, request, timeout, retry=False)
         return response.key, response.secret
 
     def get_key(self, key_id: str, *, timeout: float | None = None) -> api_key_pb2.ApiKey:
         """One key of the token's contact center."""
         request = key_admin_pb2.GetKeyRequest(id=key_id)
-        response = self._retrier.call(
-            lambda remaining: self._stub.GetKey(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        response = self._call(self._stub.GetKey, request, timeout)
         return response.key
 
     def list_keys(
@@ -107,15 +115,8 @@ class KeyAdminClient:
         timeout: float | None = None,
     ) -> key_admin_pb2.ListKeysResponse:
         """One page of keys, newest first; ``page_size`` 0 is the server's default (50)."""
-        request = key_admin_pb2.ListKeysRequest(
-            query=query, page_size=page_size, page_token=page_token
-        )
-        return self._retrier.call(
-            lambda remaining: self._stub.ListKeys(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        request = _list_keys_request(query, page_size, page_token)
+        return self._call(self._stub.ListKeys, request, timeout)
 
     def iter_keys(
         self, query: str = "", page_size: int = 0, *, timeout: float | None = None
@@ -140,44 +141,24 @@ class KeyAdminClient:
     ) -> api_key_pb2.ApiKey:
         """Changes the given fields only (the update mask names exactly those); returns the key."""
         request = _update_request(key_id, name, description, scopes)
-        response = self._retrier.call(
-            lambda remaining: self._stub.UpdateKey(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        response = self._call(self._stub.UpdateKey, request, timeout)
         return response.key
 
     def delete_key(self, key_id: str, *, timeout: float | None = None) -> None:
         """Deletes a key, revoking it at once."""
         request = key_admin_pb2.DeleteKeyRequest(id=key_id)
-        self._retrier.call(
-            lambda remaining: self._stub.DeleteKey(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        self._call(self._stub.DeleteKey, request, timeout)
 
     def reveal_key(self, key_id: str, *, timeout: float | None = None) -> str:
         """A key's full secret; the server audits every reveal."""
         request = key_admin_pb2.RevealKeyRequest(id=key_id)
-        response = self._retrier.call(
-            lambda remaining: self._stub.RevealKey(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        response = self._call(self._stub.RevealKey, request, timeout)
         return response.secret
 
     def list_scopes(self, *, timeout: float | None = None) -> list[api_key_pb2.ScopeInfo]:
         """The scope catalog, sorted by name."""
         request = key_admin_pb2.ListScopesRequest()
-        response = self._retrier.call(
-            lambda remaining: self._stub.ListScopes(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        response = self._call(self._stub.ListScopes, request, timeout)
         return list(response.scopes)
 
     def list_audit_events(
@@ -189,15 +170,8 @@ class KeyAdminClient:
         timeout: float | None = None,
     ) -> key_admin_pb2.ListAuditEventsResponse:
         """One page of audit events, newest first, of one key if ``key_id`` is set."""
-        request = key_admin_pb2.ListAuditEventsRequest(
-            key_id=key_id, page_size=page_size, page_token=page_token
-        )
-        return self._retrier.call(
-            lambda remaining: self._stub.ListAuditEvents(
-                request, timeout=remaining, metadata=self._metadata
-            ),
-            timeout=self._deadline(timeout),
-        )
+        request = _list_audit_events_request(key_id, page_size, page_token)
+        return self._call(self._stub.ListAuditEvents, request, timeout)
 
     def iter_audit_events(
         self, key_id: str = "", page_size: int = 0, *, timeout: float | None = None
@@ -226,8 +200,19 @@ class KeyAdminClient:
     ) -> None:
         self.close()
 
-    def _deadline(self, timeout: float | None) -> float:
-        return self._timeout if timeout is None else timeout
+    def _call(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+        *,
+        retry: bool = True,
+    ) -> _Response:
+        """Calls ``rpc`` with the token, retried if ``retry``, within ``timeout`` or the default."""
+        return (self._retrier if retry else self._once).call(
+            lambda remaining: rpc(request, timeout=remaining, metadata=self._metadata),
+            timeout=self._timeout if timeout is None else timeout,
+        )
 
 
 class AsyncKeyAdminClient:
@@ -252,11 +237,7 @@ class AsyncKeyAdminClient:
     ) -> tuple[api_key_pb2.ApiKey, str]:
         """Creates a key; returns it and its secret, which is shown only this once."""
         request = key_admin_pb2.CreateKeyRequest(name=name, description=description, scopes=scopes)
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.CreateKeyResponse:
-            return await self._stub.CreateKey(request, timeout=remaining, metadata=self._metadata)
-
-        response = await self._once.acall(attempt, timeout=self._deadline(timeout))
+        response = await self._call(self._stub.CreateKey, request, timeout, retry=False)
         return response.key, response.secret
 
     async def get_key(
@@ -267,11 +248,7 @@ class AsyncKeyAdminClient:
     ) -> api_key_pb2.ApiKey:
         """One key of the token's contact center."""
         request = key_admin_pb2.GetKeyRequest(id=key_id)
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.GetKeyResponse:
-            return await self._stub.GetKey(request, timeout=remaining, metadata=self._metadata)
-
-        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        response = await self._call(self._stub.GetKey, request, timeout)
         return response.key
 
     async def list_keys(
@@ -283,14 +260,8 @@ class AsyncKeyAdminClient:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> key_admin_pb2.ListKeysResponse:
         """One page of keys, newest first; ``page_size`` 0 is the server's default (50)."""
-        request = key_admin_pb2.ListKeysRequest(
-            query=query, page_size=page_size, page_token=page_token
-        )
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.ListKeysResponse:
-            return await self._stub.ListKeys(request, timeout=remaining, metadata=self._metadata)
-
-        return await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        request = _list_keys_request(query, page_size, page_token)
+        return await self._call(self._stub.ListKeys, request, timeout)
 
     async def iter_keys(
         self,
@@ -320,11 +291,7 @@ class AsyncKeyAdminClient:
     ) -> api_key_pb2.ApiKey:
         """Changes the given fields only (the update mask names exactly those); returns the key."""
         request = _update_request(key_id, name, description, scopes)
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.UpdateKeyResponse:
-            return await self._stub.UpdateKey(request, timeout=remaining, metadata=self._metadata)
-
-        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        response = await self._call(self._stub.UpdateKey, request, timeout)
         return response.key
 
     async def delete_key(
@@ -335,11 +302,7 @@ class AsyncKeyAdminClient:
     ) -> None:
         """Deletes a key, revoking it at once."""
         request = key_admin_pb2.DeleteKeyRequest(id=key_id)
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.DeleteKeyResponse:
-            return await self._stub.DeleteKey(request, timeout=remaining, metadata=self._metadata)
-
-        await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        await self._call(self._stub.DeleteKey, request, timeout)
 
     async def reveal_key(
         self,
@@ -349,11 +312,7 @@ class AsyncKeyAdminClient:
     ) -> str:
         """A key's full secret; the server audits every reveal."""
         request = key_admin_pb2.RevealKeyRequest(id=key_id)
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.RevealKeyResponse:
-            return await self._stub.RevealKey(request, timeout=remaining, metadata=self._metadata)
-
-        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        response = await self._call(self._stub.RevealKey, request, timeout)
         return response.secret
 
     async def list_scopes(
@@ -363,11 +322,7 @@ class AsyncKeyAdminClient:
     ) -> list[api_key_pb2.ScopeInfo]:
         """The scope catalog, sorted by name."""
         request = key_admin_pb2.ListScopesRequest()
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.ListScopesResponse:
-            return await self._stub.ListScopes(request, timeout=remaining, metadata=self._metadata)
-
-        response = await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        response = await self._call(self._stub.ListScopes, request, timeout)
         return list(response.scopes)
 
     async def list_audit_events(
@@ -379,16 +334,8 @@ class AsyncKeyAdminClient:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> key_admin_pb2.ListAuditEventsResponse:
         """One page of audit events, newest first, of one key if ``key_id`` is set."""
-        request = key_admin_pb2.ListAuditEventsRequest(
-            key_id=key_id, page_size=page_size, page_token=page_token
-        )
-
-        async def attempt(remaining: float | None) -> key_admin_pb2.ListAuditEventsResponse:
-            return await self._stub.ListAuditEvents(
-                request, timeout=remaining, metadata=self._metadata
-            )
-
-        return await self._retrier.acall(attempt, timeout=self._deadline(timeout))
+        request = _list_audit_events_request(key_id, page_size, page_token)
+        return await self._call(self._stub.ListAuditEvents, request, timeout)
 
     async def iter_audit_events(
         self,
@@ -422,5 +369,16 @@ class AsyncKeyAdminClient:
     ) -> None:
         await self.close()
 
-    def _deadline(self, timeout: float | None) -> float:
-        return self._timeout if timeout is None else timeout
+    def _call(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        timeout: float | None,
+        *,
+        retry: bool = True,
+    ) -> Awaitable[_Response]:
+        """The awaitable form of :meth:`KeyAdminClient._call`."""
+        return (self._retrier if retry else self._once).acall(
+            lambda remaining: rpc(request, timeout=remaining, metadata=self._metadata),
+            timeout=self._timeout if timeout is None else timeout,
+        )
