@@ -79,34 +79,57 @@ def run(
 ) -> H2Result:
     """Runs h2load against ``url`` for ``duration`` seconds after ``warm_up``."""
     with tempfile.TemporaryDirectory(prefix="bench-h2-") as scratch:
-        body_file = Path(scratch) / "body"
-        body_file.write_bytes(body)
-        log_file = Path(scratch) / "log"
-        command = [
-            *(cpu_pinning(cpu) if cpu is not None else []),
-            "h2load",
-            "-c",
-            str(clients),
-            "-m",
-            str(streams),
-            "-D",
-            f"{duration:g}",
-            "--warm-up-time",
-            f"{warm_up:g}",
-            "-d",
-            str(body_file),
-            "--log-file",
-            str(log_file),
-        ]
-        for header in GRPC_HEADERS:
-            command += ["-H", header]
+        extra = ["--warm-up-time", f"{warm_up:g}"]
         if rps_per_client is not None:
-            command += ["--rps", f"{rps_per_client:.2f}"]
-        command.append(url)
+            extra += ["--rps", f"{rps_per_client:.2f}"]
+        command = _command(
+            url,
+            body,
+            Path(scratch),
+            clients=clients,
+            streams=streams,
+            duration=duration,
+            cpu=cpu,
+            extra=extra,
+        )
         output = subprocess.run(
             command, capture_output=True, text=True, check=True, timeout=duration + warm_up + 30
         ).stdout
-        return _parse(output, log_file.read_text())
+        return _parse(output, (Path(scratch) / "log").read_text())
+
+
+def _command(
+    url: str,
+    body: bytes,
+    scratch: Path,
+    *,
+    clients: int,
+    streams: int,
+    duration: float,
+    cpu: int | None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The h2load command line, with the body and the per-request log in
+    ``scratch`` and ``extra`` options before ``url``."""
+    body_file = scratch / "body"
+    body_file.write_bytes(body)
+    return [
+        *(cpu_pinning(cpu) if cpu is not None else []),
+        "h2load",
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-D",
+        f"{duration:g}",
+        "-d",
+        str(body_file),
+        "--log-file",
+        str(scratch / "log"),
+        *(part for header in GRPC_HEADERS for part in ("-H", header)),
+        *extra,
+        url,
+    ]
 
 
 def _parse(output: str, log: str) -> H2Result:
@@ -135,24 +158,15 @@ def start(
 ) -> tuple[subprocess.Popen[str], tempfile.TemporaryDirectory[str]]:
     """Starts a background h2load (a flood); ``finish`` collects it."""
     scratch = tempfile.TemporaryDirectory(prefix="bench-h2-")
-    body_file = Path(scratch.name) / "body"
-    body_file.write_bytes(body)
-    command: Sequence[str] = [
-        *(cpu_pinning(cpu) if cpu is not None else []),
-        "h2load",
-        "-c",
-        str(clients),
-        "-m",
-        str(streams),
-        "-D",
-        f"{duration:g}",
-        "-d",
-        str(body_file),
-        "--log-file",
-        str(Path(scratch.name) / "log"),
-        *(part for header in GRPC_HEADERS for part in ("-H", header)),
+    command = _command(
         url,
-    ]
+        body,
+        Path(scratch.name),
+        clients=clients,
+        streams=streams,
+        duration=duration,
+        cpu=cpu,
+    )
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
