@@ -9,12 +9,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Final, TypeVar
 
 import grpc
 
-from clients._channel import ChannelOptions, create_aio_channel, create_channel
+from clients._channel import AsyncChannelClient, ChannelClient, ChannelOptions
 from clients._exceptions import InternalError
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
 
@@ -133,7 +132,7 @@ def _batch_decisions(
     return [Decision.from_proto(result) for result in response.results]
 
 
-class AuthorizeClient:
+class AuthorizeClient(ChannelClient):
     """A blocking ``Authorize`` client; one channel per client, shared by all calls and threads.
 
     Failed calls raise :class:`~clients.ApiKeysError` subclasses; a deny is a
@@ -141,10 +140,7 @@ class AuthorizeClient:
     """
 
     def __init__(self, options: ChannelOptions | None = None) -> None:
-        self._options = options if options is not None else ChannelOptions()
-        self._timeout = self._options.timeout or DEFAULT_CHECK_TIMEOUT
-        self._retrier = self._options.retrier()
-        self._channel = create_channel(self._options)
+        super().__init__(options, default_timeout=DEFAULT_CHECK_TIMEOUT)
         self._stub = authorize_pb2_grpc.AuthorizeStub(self._channel)
 
     def check(self, key: str, method: str, path: str, *, timeout: float | None = None) -> Decision:
@@ -167,21 +163,6 @@ class AuthorizeClient:
             )
         ]
 
-    def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _call(
         self,
         rpc: grpc.UnaryUnaryMultiCallable[_Request, _Response],
@@ -195,14 +176,11 @@ class AuthorizeClient:
         )
 
 
-class AsyncAuthorizeClient:
+class AsyncAuthorizeClient(AsyncChannelClient):
     """The ``asyncio`` form of :class:`AuthorizeClient`; create it inside the event loop."""
 
     def __init__(self, options: ChannelOptions | None = None) -> None:
-        self._options = options if options is not None else ChannelOptions()
-        self._timeout = self._options.timeout or DEFAULT_CHECK_TIMEOUT
-        self._retrier = self._options.retrier()
-        self._channel = create_aio_channel(self._options)
+        super().__init__(options, default_timeout=DEFAULT_CHECK_TIMEOUT)
         self._stub = authorize_pb2_grpc.AuthorizeStub(self._channel)
 
     async def check(
@@ -232,21 +210,6 @@ class AsyncAuthorizeClient:
             response = await self._call(self._stub.CheckBatch, request, timeout)
             decisions.extend(_batch_decisions(request, response))
         return decisions
-
-    async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        await self._channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _call(
         self,

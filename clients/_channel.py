@@ -20,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from types import TracebackType
+from typing import Final, Self, TypeVar
 
 import grpc
 
@@ -288,13 +289,21 @@ def create_channel(options: ChannelOptions) -> grpc.Channel:
     return grpc.insecure_channel(options.target)
 
 
-def create_aio_channel(options: ChannelOptions) -> grpc.aio.Channel:
-    """An ``asyncio`` channel to ``options.target``."""
+def create_aio_channel(
+    options: ChannelOptions, *, own_connection: bool = False
+) -> grpc.aio.Channel:
+    """An ``asyncio`` channel to ``options.target``.
+
+    Channels to one target normally share one connection; ``own_connection``
+    gives this channel a connection of its own (load generators use it to
+    spread load over several connections).
+    """
+    arguments: list[tuple[str, str | int]] = [*_channel_arguments(options)]
+    if own_connection:
+        arguments.append(("grpc.use_local_subchannel_pool", 1))
     if options.tls:
-        return grpc.aio.secure_channel(
-            options.target, _credentials(options), options=_channel_arguments(options)
-        )
-    return grpc.aio.insecure_channel(options.target)
+        return grpc.aio.secure_channel(options.target, _credentials(options), options=arguments)
+    return grpc.aio.insecure_channel(options.target, options=arguments)
 
 
 def _credentials(options: ChannelOptions) -> grpc.ChannelCredentials:
@@ -308,7 +317,58 @@ def _credentials(options: ChannelOptions) -> grpc.ChannelCredentials:
     )
 
 
-def _channel_arguments(options: ChannelOptions) -> list[tuple[str, str]]:
+def _channel_arguments(options: ChannelOptions) -> list[tuple[str, str | int]]:
     if options.tls_server_name is None:
         return []
     return [("grpc.ssl_target_name_override", options.tls_server_name)]
+
+
+class ChannelClient:
+    """What every blocking client shares: its options, default deadline,
+    retrier and one channel, closed by ``close`` or on leaving ``with``."""
+
+    def __init__(self, options: ChannelOptions | None, *, default_timeout: float) -> None:
+        self._options = options if options is not None else ChannelOptions()
+        self._timeout = self._options.timeout or default_timeout
+        self._retrier = self._options.retrier()
+        self._channel = create_channel(self._options)
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncChannelClient:
+    """The ``asyncio`` form of :class:`ChannelClient`; create it inside the event loop."""
+
+    def __init__(self, options: ChannelOptions | None, *, default_timeout: float) -> None:
+        self._options = options if options is not None else ChannelOptions()
+        self._timeout = self._options.timeout or default_timeout
+        self._retrier = self._options.retrier()
+        self._channel = create_aio_channel(self._options)
+
+    async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

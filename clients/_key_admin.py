@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from types import TracebackType
-from typing import Final, Self, TypeVar
+from typing import Final, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2
 
-from clients._channel import ChannelOptions, RetryPolicy, create_aio_channel, create_channel
+from clients._channel import AsyncChannelClient, ChannelClient, ChannelOptions, RetryPolicy
 from voiso.apikeys.v1 import api_key_pb2, key_admin_pb2, key_admin_pb2_grpc
 
 __all__ = ["DEFAULT_ADMIN_TIMEOUT", "AsyncKeyAdminClient", "KeyAdminClient"]
@@ -70,7 +69,7 @@ def _update_request(
     return request
 
 
-class KeyAdminClient:
+class KeyAdminClient(ChannelClient):
     """A blocking ``KeyAdmin`` client acting with one admin token.
 
     Failed calls raise :class:`~clients.ApiKeysError` subclasses. Calls that
@@ -79,12 +78,11 @@ class KeyAdminClient:
     """
 
     def __init__(self, options: ChannelOptions | None = None, *, token: str) -> None:
-        self._options = options if options is not None else ChannelOptions()
-        self._metadata = _metadata(token)
-        self._timeout = self._options.timeout or DEFAULT_ADMIN_TIMEOUT
-        self._retrier = self._options.retrier()
+        # Checked before a channel exists, so a bad token leaves nothing open.
+        metadata = _metadata(token)
+        super().__init__(options, default_timeout=DEFAULT_ADMIN_TIMEOUT)
+        self._metadata = metadata
         self._once = dataclasses.replace(self._retrier, policy=RetryPolicy(max_attempts=1))
-        self._channel = create_channel(self._options)
         self._stub = key_admin_pb2_grpc.KeyAdminStub(self._channel)
 
     def create_key(
@@ -185,21 +183,6 @@ class KeyAdminClient:
             if not page_token:
                 return
 
-    def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _call(
         self,
         rpc: grpc.UnaryUnaryMultiCallable[_Request, _Response],
@@ -215,16 +198,15 @@ class KeyAdminClient:
         )
 
 
-class AsyncKeyAdminClient:
+class AsyncKeyAdminClient(AsyncChannelClient):
     """The ``asyncio`` form of :class:`KeyAdminClient`; create it inside the event loop."""
 
     def __init__(self, options: ChannelOptions | None = None, *, token: str) -> None:
-        self._options = options if options is not None else ChannelOptions()
-        self._metadata = _metadata(token)
-        self._timeout = self._options.timeout or DEFAULT_ADMIN_TIMEOUT
-        self._retrier = self._options.retrier()
+        # Checked before a channel exists, so a bad token leaves nothing open.
+        metadata = _metadata(token)
+        super().__init__(options, default_timeout=DEFAULT_ADMIN_TIMEOUT)
+        self._metadata = metadata
         self._once = dataclasses.replace(self._retrier, policy=RetryPolicy(max_attempts=1))
-        self._channel = create_aio_channel(self._options)
         self._stub = key_admin_pb2_grpc.KeyAdminStub(self._channel)
 
     async def create_key(
@@ -353,21 +335,6 @@ class AsyncKeyAdminClient:
             page_token = page.next_page_token
             if not page_token:
                 return
-
-    async def close(self) -> None:
-        """Closes the channel; calls in flight are cancelled."""
-        await self._channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _call(
         self,

@@ -26,7 +26,7 @@ from typing import Any, Final, TextIO
 import grpc
 from hdrh.histogram import HdrHistogram
 
-from clients._channel import ChannelOptions, _channel_arguments, _credentials
+from clients._channel import ChannelOptions, create_aio_channel
 from clients._key_admin import AsyncKeyAdminClient
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
 
@@ -76,18 +76,6 @@ MALFORMED_KEYS: Final = (
 _HISTOGRAM_MAX_US = 60_000_000
 _PROGRESS_INTERVAL = 0.2
 _PROGRESS_WIDTH = 30
-
-
-def _channel(options: ChannelOptions) -> grpc.aio.Channel:
-    # Without a local subchannel pool, channels to one target would share a
-    # single connection and --connections would change nothing.
-    arguments: list[tuple[str, Any]] = [
-        *_channel_arguments(options),
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
-    if options.tls:
-        return grpc.aio.secure_channel(options.target, _credentials(options), options=arguments)
-    return grpc.aio.insecure_channel(options.target, options=arguments)
 
 
 def _base62(value: int, width: int) -> str:
@@ -255,7 +243,7 @@ async def run_load(
     reason_names = {
         value: authorize_pb2.Reason.Name(value) for value in authorize_pb2.Reason.values()
     }
-    channels = [_channel(options) for _ in range(plan.connections)]
+    channels = [create_aio_channel(options, own_connection=True) for _ in range(plan.connections)]
     stubs = [authorize_pb2_grpc.AuthorizeStub(channel) for channel in channels]
     remaining = plan.requests
     started = time.perf_counter()
