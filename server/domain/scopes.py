@@ -88,9 +88,3 @@ def implied_scopes(scopes: Iterable[str]) -> frozenset[str]:
     granted = set(scopes)
     granted.update([_IMPLIED[name] for name in granted if name in _IMPLIED])
     return frozenset(granted)
-
-
-def unknown_scopes(scopes: Iterable[str]) -> list[str]:
-    """The names in ``scopes`` that are not in the catalog, each once, in the
-    order they first appear."""
-    return [name for name in dict.fromkeys(scopes) if name not in SCOPE_CATALOG]

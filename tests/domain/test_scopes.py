@@ -1,4 +1,4 @@
-from server.domain.scopes import SCOPE_CATALOG, Scope, implied_scopes, unknown_scopes
+from server.domain.scopes import SCOPE_CATALOG, Scope, implied_scopes
 
 CONTRACT_SCOPES = {
     "voice.call.manage",
@@ -66,11 +66,3 @@ def test_read_does_not_imply_manage() -> None:
 def test_implied_scopes_keeps_unknown_names_without_expanding_them() -> None:
     assert implied_scopes(["made.up.manage"]) == {"made.up.manage"}
     assert implied_scopes([]) == frozenset()
-
-
-def test_unknown_scopes_lists_each_unknown_name_once_in_order() -> None:
-    assert unknown_scopes(["users.read", "b.x", "a.x", "b.x", "campaigns.manage"]) == [
-        "b.x",
-        "a.x",
-    ]
-    assert unknown_scopes(CONTRACT_SCOPES) == []
