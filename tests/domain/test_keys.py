@@ -119,13 +119,17 @@ def test_lookup_hash_is_deterministic_and_depends_on_the_secret() -> None:
     assert hasher.lookup_hash(generate_key()) != hasher.lookup_hash(key)
 
 
-def test_lookup_hash_is_hmac_sha256_of_the_key() -> None:
+# 64 bytes is SHA-256's block: longer secrets are hashed first (RFC 2104).
+@pytest.mark.parametrize("secret_bytes", [32, 33, 63, 64, 65, 200])
+def test_lookup_hash_is_hmac_sha256_of_the_key(secret_bytes: int) -> None:
     import hashlib
     import hmac
 
-    key = generate_key()
-    expected = hmac.new(HMAC_SECRET, key.encode(), hashlib.sha256).digest()
-    assert KeyHasher(HMAC_SECRET).lookup_hash(key) == expected
+    secret = bytes(range(256))[-secret_bytes:]
+    hasher = KeyHasher(secret)
+    for key in (generate_key(), generate_key(), "vsk_é", ""):
+        expected = hmac.new(secret, key.encode(), hashlib.sha256).digest()
+        assert hasher.lookup_hash(key) == expected
 
 
 def test_hasher_refuses_a_short_secret_without_showing_it() -> None:
