@@ -240,9 +240,13 @@ def _alternate(
     runs: int, measure: dict[str, Callable[[], h2.H2Result]]
 ) -> dict[str, list[h2.H2Result]]:
     results: dict[str, list[h2.H2Result]] = {name: [] for name in measure}
+    order = list(measure)
     for _ in range(runs):
-        for name, run in measure.items():
-            results[name].append(run())
+        for name in order:
+            results[name].append(measure[name]())
+        # A-B, B-A, A-B, ...: a machine slowing down or speeding up through
+        # the runs favours neither variant.
+        order.reverse()
     return results
 
 
@@ -564,6 +568,14 @@ def memory(report: Report, args: argparse.Namespace) -> None:
     )
 
 
+def hotpath(report: Report) -> None:
+    command = [*h2.cpu_pinning(SERVER_CPU), sys.executable, "-m", "bench.hotpath"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    report.section("cached-key Check in-process, step by step (bench.hotpath, warm caches)")
+    for line in output.stdout.splitlines():
+        report.note(line)
+
+
 def profile(report: Report, args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "bench.profile", "--duration", f"{args.duration:g}"]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
@@ -588,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header(report)
     saturation(report, args)
     memory(report, args)
+    hotpath(report)
     if not args.skip_profile:
         profile(report, args)
     report.section("targets")
