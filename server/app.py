@@ -157,7 +157,7 @@ class ApiKeysServer:
             page_tokens=PageTokens(settings.hmac_secret.reveal()),
         )
         authorizer = Authorizer(
-            store=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
+            keys=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
         )
         server = grpc.aio.server(
             interceptors=[AdminAuthInterceptor(self._prepared.verifier)],

@@ -58,14 +58,21 @@ class CachedKeyStore:
     def __len__(self) -> int:
         return len(self._found)
 
-    async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
-        """The key from memory, or from the store on a miss (shared by
-        concurrent callers of the same hash)."""
-        # One TTL-checked lookup on the hot path (``get`` would make two).
+    def cached(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The key if this process holds it within its TTL; ``None`` says
+        nothing about the store (ask ``find_by_lookup_hash``)."""
+        # One TTL-checked lookup (``get`` would make two).
         try:
             return self._found[lookup_hash]
         except KeyError:
-            pass
+            return None
+
+    async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The key from memory, or from the store on a miss (shared by
+        concurrent callers of the same hash)."""
+        record = self.cached(lookup_hash)
+        if record is not None:
+            return record
         if lookup_hash in self._unknown:
             return None
         lookup = self._inflight.get(lookup_hash)

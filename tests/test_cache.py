@@ -92,3 +92,30 @@ async def test_a_lookup_under_way_during_an_invalidation_is_not_joined_or_kept(
     assert await second is None
     await first
     assert await cache.find_by_lookup_hash(b"h") is None
+
+
+async def test_cached_answers_only_from_memory_within_the_ttl(make_key: KeyFactory) -> None:
+    record = make_key()
+    store = HeldStore(record)
+    cache = CachedKeyStore(store, ttl=0.2, size=10, negative_ttl=5, negative_size=10)  # type: ignore[arg-type]
+    assert cache.cached(b"h") is None
+    assert store.lookups == 0  # a miss is an answer from memory too
+    store.release.set()
+    assert await cache.find_by_lookup_hash(b"h") is record
+    assert cache.cached(b"h") is record
+    cache.invalidate([b"h"])
+    assert cache.cached(b"h") is None
+    assert await cache.find_by_lookup_hash(b"h") is record
+    await asyncio.sleep(0.3)
+    assert cache.cached(b"h") is None
+    assert store.lookups == 2
+
+
+async def test_an_unknown_key_is_never_cached_as_found() -> None:
+    store = HeldStore(None)
+    store.release.set()
+    cache = cache_over(store)
+    assert await cache.find_by_lookup_hash(b"h") is None
+    assert cache.cached(b"h") is None
+    assert await cache.find_by_lookup_hash(b"h") is None
+    assert store.lookups == 1

@@ -1,21 +1,24 @@
 """``Check``: does this key exist, and do its scopes cover this route?
 
-The order is what keeps it cheap and safe: the key's format and checksum
-first (a look-alike costs no lookup), then the route (a bad path costs no
-lookup), then the key by its HMAC lookup hash through the cache, then the
-scopes. ``allowed`` is true only when every step proved it; a store that
-cannot answer raises ``StoreUnavailable`` rather than guess.
+The order is what keeps it cheap and safe. The key's format comes first (a
+string that is not even shaped like a key costs nothing more), then its HMAC
+lookup hash and the cache. A key the cache holds is proven: its hash is the
+HMAC of a key this service generated, checksum and all. Any other key must
+pass its checksum before the route is matched and the store is asked, so a
+look-alike never costs a store query. ``allowed`` is true only when every
+step proved it; a store that cannot answer raises ``StoreUnavailable`` rather
+than guess.
 """
 
 from __future__ import annotations
 
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument
-from server.domain.keys import KeyHasher, is_well_formed
+from server.domain.keys import KeyHasher, checksum_matches, has_key_format
 from server.domain.records import KeyRecord
 from server.domain.routes import RouteMatch, RouteTable
 from server.domain.scopes import implied_scopes
-from server.domain.store import KeyStore
+from server.domain.store import KeyLookup
 from server.domain.usage import UsageRecorder
 
 _MEMO_LIMIT = 4096
@@ -27,12 +30,12 @@ class Authorizer:
     def __init__(
         self,
         *,
-        store: KeyStore,
+        keys: KeyLookup,
         hasher: KeyHasher,
         routes: RouteTable,
         usage: UsageRecorder,
     ) -> None:
-        self._store = store
+        self._keys = keys
         self._hasher = hasher
         self._routes = routes
         self._usage = usage
@@ -61,14 +64,21 @@ class Authorizer:
             if not path:
                 violations.append(FieldViolation(field="path", description="must not be empty"))
             raise InvalidArgument(violations)
-        if not is_well_formed(key):
+        if not has_key_format(key):
+            return KEY_MALFORMED
+        lookup_hash = self._hasher.lookup_hash(key)
+        record = self._keys.cached(lookup_hash)
+        # A cached key passed its checksum when it was made; any other key
+        # proves it here, before anything else is spent on it.
+        if record is None and not checksum_matches(key):
             return KEY_MALFORMED
         match = self._routes.match(method, path)
         if match is None:
             return ROUTE_NOT_FOUND
-        record = await self._store.find_by_lookup_hash(self._hasher.lookup_hash(key))
         if record is None:
-            return self._not_found[id(match)]
+            record = await self._keys.find_by_lookup_hash(lookup_hash)
+            if record is None:
+                return self._not_found[id(match)]
         decision = self._decide(record, match)
         if decision.allowed:
             self._usage.record(record.id)

@@ -42,7 +42,6 @@ _IPAD = bytes(byte ^ 0x36 for byte in range(256))
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_PREFIX_BYTES = KEY_PREFIX.encode("ascii")
 _SECRET_START = len(KEY_PREFIX)
 # The value of each base62 digit, indexed by its byte; -1 for every other byte.
 _BYTE_VALUES = tuple(_ALPHABET.find(chr(byte)) for byte in range(256))
@@ -74,19 +73,28 @@ def generate_key() -> str:
 
 
 def is_well_formed(key: str) -> bool:
-    """Whether ``key`` has the key format and a matching checksum.
+    """Whether ``key`` has the key format and a matching checksum. Never
+    raises, whatever the string."""
+    return has_key_format(key) and checksum_matches(key)
 
-    Runs on every ``Check`` before any lookup, so the cheapest tests come
-    first; never raises, whatever the string.
-    """
-    # isascii() reads a flag the string already carries, so encoding cannot
-    # fail after it; the checks then run on bytes, where isalnum() is exactly
-    # the base62 alphabet and indexing gives ints without making objects.
-    if len(key) != KEY_LENGTH or not key.isascii():
-        return False
+
+def has_key_format(key: str) -> bool:
+    """Whether ``key`` is ``vsk_`` and 49 base62 characters: the cheap half
+    of ``is_well_formed``, without the checksum. Never raises."""
+    # isascii() reads a flag the string already carries, and on ASCII bytes
+    # isalnum() is exactly the base62 alphabet.
+    return (
+        len(key) == KEY_LENGTH
+        and key.isascii()
+        and key.startswith(KEY_PREFIX)
+        and key.encode("ascii")[_SECRET_START:].isalnum()
+    )
+
+
+def checksum_matches(key: str) -> bool:
+    """Whether the last six characters of a key in the key format are the
+    base62 CRC32 of the rest. Only meaningful after ``has_key_format``."""
     raw = key.encode("ascii")
-    if not (raw.startswith(_PREFIX_BYTES) and raw[_SECRET_START:].isalnum()):
-        return False
     # Decoding the six given digits is cheaper than encoding the computed
     # CRC; fixed-width base62 is one-to-one, so the comparison is the same.
     # Unrolled: a loop costs more than the arithmetic here.

@@ -24,6 +24,20 @@ from server.domain.records import (
 )
 
 
+class KeyLookup(Protocol):
+    """How ``Check`` finds keys: the cache in front of a ``KeyStore``."""
+
+    def cached(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The key if it is held in memory and fresh, without waiting;
+        ``None`` when it is not (which says nothing about the store)."""
+        ...
+
+    async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
+        """The key with this lookup hash, from memory or the store, or
+        ``None`` if no live key has it."""
+        ...
+
+
 class KeyStore(Protocol):
     """Keys, their audit log, and lookups by hash for ``Check``."""
 

@@ -225,6 +225,29 @@ async def test_malformed_keys_cost_no_store_queries(harness: Harness) -> None:
     assert statements == []
 
 
+async def test_a_bad_checksum_outranks_an_unknown_route(harness: Harness) -> None:
+    _, secret = await new_key(harness, ["users.read"])
+    near_miss = secret[:-1] + ("a" if secret[-1] != "a" else "b")
+    for key in (near_miss, KEY_PREFIX + "A" * 49):
+        response = await check(harness, key, "GET", "/api/v4/nothing-here")
+        assert response.reason == az.REASON_KEY_MALFORMED
+
+
+async def test_a_look_alike_of_a_cached_key_is_malformed_without_a_query(
+    harness: Harness,
+) -> None:
+    _, secret = await new_key(harness, ["users.read"])
+    assert (await check(harness, secret, "GET", "/api/v4/users")).allowed
+    with counted_queries(harness) as statements:
+        for position in range(len(KEY_PREFIX), len(secret)):
+            replacement = "a" if secret[position] != "a" else "b"
+            look_alike = secret[:position] + replacement + secret[position + 1 :]
+            response = await check(harness, look_alike, "GET", "/api/v4/users")
+            assert response.reason == az.REASON_KEY_MALFORMED, position
+        assert (await check(harness, secret, "GET", "/api/v4/users")).allowed
+    assert statements == []
+
+
 async def test_a_key_of_one_contact_center_is_reported_with_its_center(harness: Harness) -> None:
     key_id, secret = await new_key(harness, ["users.read"], contact_center="cc-9")
     response = await check(harness, secret, "GET", "/api/v4/users")

@@ -11,7 +11,9 @@ from server.domain.keys import (
     KeyCipher,
     KeyHasher,
     SecretUnreadable,
+    checksum_matches,
     generate_key,
+    has_key_format,
     is_well_formed,
     last4,
     mask,
@@ -92,6 +94,16 @@ def test_a_lookalike_with_a_valid_checksum_under_another_prefix_is_refused() -> 
 )
 def test_malformed_strings_are_refused_without_raising(key: str) -> None:
     assert not is_well_formed(key)
+
+
+def test_the_format_and_the_checksum_are_checked_apart() -> None:
+    key = generate_key()
+    assert has_key_format(key) and checksum_matches(key)
+    broken = key[:-1] + ("a" if key[-1] != "a" else "b")
+    assert has_key_format(broken) and not checksum_matches(broken)
+    assert not is_well_formed(broken)
+    for odd in ("", "vsk_", "VSK_" + key[4:], key[:-1] + "_", key + "a", "vsk_é" + key[5:]):
+        assert not has_key_format(odd)
 
 
 def test_valid_checksum_with_non_base62_characters_is_refused() -> None:
