@@ -46,7 +46,7 @@ BASELINE_RESPONSE = authorize_pb2.CheckResponse(
     key_id="key_" + "0" * 24,
     contact_center_id="cc-bench",
     granted_scopes=["campaigns.read"],
-    required_scopes=["campaigns.manage", "campaigns.read"],
+    required_scopes=["campaigns.read"],
     route="GET /api/v4/campaigns",
 )
 BASELINE_BATCH = authorize_pb2.CheckBatchResponse(results=[BASELINE_RESPONSE] * 100)
