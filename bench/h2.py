@@ -154,9 +154,16 @@ def _parse(output: str, log: str) -> H2Result:
 
 
 def start(
-    url: str, body: bytes, *, clients: int, streams: int, duration: float, cpu: int | None = 1
+    url: str,
+    body: bytes,
+    *,
+    clients: int,
+    streams: int,
+    duration: float,
+    warm_up: int = 0,
+    cpu: int | None = 1,
 ) -> tuple[subprocess.Popen[str], tempfile.TemporaryDirectory[str]]:
-    """Starts a background h2load (a flood); ``finish`` collects it."""
+    """Starts a background h2load; ``finish`` collects it."""
     scratch = tempfile.TemporaryDirectory(prefix="bench-h2-")
     command = _command(
         url,
@@ -166,6 +173,7 @@ def start(
         streams=streams,
         duration=duration,
         cpu=cpu,
+        extra=["--warm-up-time", str(warm_up)] if warm_up else [],
     )
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
