@@ -87,8 +87,11 @@ def started(
     interceptor: bool = True,
     profile: Path | None = None,
     data_dir: Path | None = None,
+    source: Path | None = None,
 ) -> Iterator[BenchServer]:
-    """Starts one server on a free port, pinned to the server CPU, and stops it afterwards."""
+    """Starts one server on a free port, pinned to the server CPU, and stops it
+    afterwards. With ``source``, the server runs from that source tree of this
+    repository instead of this one."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
         port = _free_port()
         data_dir = data_dir or Path(scratch) / "var"
@@ -115,9 +118,11 @@ def started(
             "true" if uvloop else "false",
         ]
         env = {key: value for key, value in os.environ.items() if not key.startswith("APIKEYS_")}
+        if source is not None:
+            env["PYTHONPATH"] = os.pathsep.join((str(source), str(source / "generated")))
         log = Path(scratch) / "server.log"
         with log.open("wb") as output:
-            process = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+            process = subprocess.Popen(command, env=env, cwd=source, stdout=output, stderr=output)
         server = BenchServer(name=name, port=port, data_dir=data_dir, stats=stats, process=process)
         try:
             try:
