@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +255,26 @@ def _alternate(
     return results
 
 
+def saturate_together(
+    servers: Sequence[BenchServer], bodies: Mapping[str, bytes], duration: float
+) -> dict[str, h2.H2Result]:
+    """One run of every server saturated at once, each by its own h2load on
+    the load CPU, started in the order given; results by server name."""
+    running = {
+        server.name: h2.start(
+            server.url(CHECK),
+            bodies[server.name],
+            clients=CLIENTS,
+            streams=STREAMS,
+            duration=duration,
+            warm_up=1,
+            cpu=LOAD_CPU,
+        )
+        for server in servers
+    }
+    return {name: h2.finish(run, timeout=duration + 30) for name, run in running.items()}
+
+
 def _side_by_side(
     real: BenchServer, noop: BenchServer, body: bytes, args: argparse.Namespace
 ) -> Figure:
@@ -263,19 +283,7 @@ def _side_by_side(
     ratios = []
     pair = [real, noop]
     for _ in range(args.saturation_runs):
-        running = {
-            server.name: h2.start(
-                server.url(CHECK),
-                body,
-                clients=CLIENTS,
-                streams=STREAMS,
-                duration=args.duration,
-                warm_up=1,
-                cpu=LOAD_CPU,
-            )
-            for server in pair
-        }
-        done = {name: h2.finish(run, timeout=args.duration + 30) for name, run in running.items()}
+        done = saturate_together(pair, {real.name: body, noop.name: body}, args.duration)
         ratios.append(done[real.name].rps / done[noop.name].rps)
         pair.reverse()
     return Figure(values=tuple(ratios))

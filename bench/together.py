@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench import h2
-from bench.suite import CHECK, CLIENTS, LOAD_CPU, STREAMS, check_body, create_key, started
+from bench.suite import check_body, create_key, saturate_together, started
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,21 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         ratios = []
         for _ in range(args.runs):
-            running = {
-                server.name: h2.start(
-                    server.url(CHECK),
-                    bodies[server.name],
-                    clients=CLIENTS,
-                    streams=STREAMS,
-                    duration=args.duration,
-                    warm_up=1,
-                    cpu=LOAD_CPU,
-                )
-                for server in servers
-            }
-            done = {
-                name: h2.finish(run, timeout=args.duration + 30) for name, run in running.items()
-            }
+            done = saturate_together(servers, bodies, args.duration)
             ratios.append(done["after"].rps / done["before"].rps)
             print(
                 f"before {done['before'].rps:7,.0f} req/s   after {done['after'].rps:7,.0f} req/s"
