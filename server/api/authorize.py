@@ -12,6 +12,7 @@ from server.api.errors import abort
 from server.domain.authorize import Authorizer
 from server.domain.decisions import Decision
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.memo import IdentityMemo
 from voiso.apikeys.v1 import authorize_pb2 as pb
 from voiso.apikeys.v1 import authorize_pb2_grpc
 
@@ -27,10 +28,12 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
     def __init__(self, authorizer: Authorizer) -> None:
         self._check = authorizer.check
         # The authorizer hands out the same Decision object for repeated
-        # checks (constant denials, memoised allows), so the message built for
-        # it can be sent again. Each entry holds its decision, which keeps the
-        # id from being reused while the entry exists.
-        self._responses: dict[int, tuple[Decision, pb.CheckResponse]] = {}
+        # checks (constant denials, memoised allows), and a response is
+        # derived from its decision alone, so the message built for it can be
+        # sent again. The shared message is never changed after it is built:
+        # it leaves only through grpc's serializer and CheckBatchResponse's
+        # constructor, both of which copy it.
+        self._responses: IdentityMemo[pb.CheckResponse] = IdentityMemo(MEMO_LIMIT)
 
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
         try:
@@ -54,13 +57,9 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
         return pb.CheckBatchResponse(results=results)
 
     def _response(self, decision: Decision) -> pb.CheckResponse:
-        entry = self._responses.get(id(decision))
-        if entry is not None and entry[0] is decision:
-            return entry[1]
-        response = convert.check_response(decision)
-        if len(self._responses) >= MEMO_LIMIT:
-            self._responses.clear()
-        self._responses[id(decision)] = (decision, response)
+        response = self._responses.get(decision)
+        if response is None:
+            response = self._responses.put(convert.check_response(decision), decision)
         return response
 
 

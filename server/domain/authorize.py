@@ -15,6 +15,7 @@ from __future__ import annotations
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.keys import KeyHasher, checksum_matches, has_key_format
+from server.domain.memo import IdentityMemo
 from server.domain.records import KeyRecord
 from server.domain.routes import RouteMatch, RouteTable
 from server.domain.scopes import implied_scopes
@@ -42,7 +43,10 @@ class Authorizer:
         # Keys share few distinct scope sets; expanding one once saves the
         # work on every later check of any key that has it.
         self._grants: dict[tuple[str, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
-        self._decisions: dict[tuple[int, int], tuple[KeyRecord, Decision]] = {}
+        # A cached key is the same record object until the cache drops it,
+        # and a route is the table's own object, so the decision for the
+        # pair is derived from the two alone.
+        self._decisions: IdentityMemo[Decision] = IdentityMemo(_MEMO_LIMIT)
         # Routes are the table's own objects for the server's lifetime.
         self._not_found = {
             id(match): Decision(
@@ -85,15 +89,9 @@ class Authorizer:
         return decision
 
     def _decide(self, record: KeyRecord, match: RouteMatch) -> Decision:
-        # A cached key is the same record object until the cache drops it, and
-        # a route is the table's own object, so the decision for the pair can
-        # be reused. The entry holds the record, so its id cannot be taken by
-        # another object while the entry exists; the identity check makes a
-        # reused id after eviction a miss, never a wrong answer.
-        memo_key = (id(record), id(match))
-        entry = self._decisions.get(memo_key)
-        if entry is not None and entry[0] is record:
-            return entry[1]
+        decision = self._decisions.get(record, match)
+        if decision is not None:
+            return decision
         granted, granted_sorted = self._grant(record.scopes)
         allowed = not granted.isdisjoint(match.required_scopes)
         decision = Decision(
@@ -105,10 +103,7 @@ class Authorizer:
             required_scopes=match.required_scopes,
             route=match.route,
         )
-        if len(self._decisions) >= _MEMO_LIMIT:
-            self._decisions.clear()
-        self._decisions[memo_key] = (record, decision)
-        return decision
+        return self._decisions.put(decision, record, match)
 
     def _grant(self, scopes: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
         grant = self._grants.get(scopes)
