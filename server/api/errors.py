@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import Final, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -19,7 +19,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server.domain.errors import (
-    DomainError,
     InvalidArgument,
     KeyLimitExceeded,
     KeyNotFound,
@@ -38,9 +37,19 @@ ResponseT = TypeVar("ResponseT")
 ServicerT = TypeVar("ServicerT")
 
 
+Described: TypeAlias = tuple[int, str, str, list[object]]
+_INTERNAL: Final[Described] = (code_pb2.INTERNAL, "internal error", "INTERNAL", [])
+
+
 def to_status(exc: BaseException) -> grpc.Status:
-    """The status a caller receives for ``exc``."""
-    code, message, reason, details = _describe(exc)
+    """The status a caller receives for ``exc``. An error this module has no
+    answer for (a bug, or a domain error nobody mapped) is logged here, with
+    its traceback, and answered as a plain ``INTERNAL``."""
+    described = _describe(exc)
+    if described is None:
+        log.error("unexpected error", exc_info=exc)
+        described = _INTERNAL
+    code, message, reason, details = described
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     packed = [_pack(info), *(_pack(detail) for detail in details)]
     return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
@@ -49,10 +58,7 @@ def to_status(exc: BaseException) -> grpc.Status:
 async def abort(
     context: grpc.aio.ServicerContext[RequestT, ResponseT], exc: BaseException
 ) -> NoReturn:
-    """Ends the call with the status for ``exc``; unexpected errors are
-    logged here, with their traceback, and answered as ``INTERNAL``."""
-    if not isinstance(exc, DomainError):
-        log.error("unexpected error", exc_info=exc)
+    """Ends the call with the status for ``exc`` (see ``to_status``)."""
     status = to_status(exc)
     await context.abort(status.code, status.details, status.trailing_metadata)
     raise AssertionError("abort returned")  # pragma: no cover - abort always raises
@@ -81,7 +87,7 @@ def translates_errors(
     return wrapper
 
 
-def _describe(exc: BaseException) -> tuple[int, str, str, list[object]]:
+def _describe(exc: BaseException) -> Described | None:
     if isinstance(exc, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -131,7 +137,7 @@ def _describe(exc: BaseException) -> tuple[int, str, str, list[object]]:
         )
     if isinstance(exc, StoreUnavailable):
         return code_pb2.UNAVAILABLE, "key store unavailable; retry", "STORE_UNAVAILABLE", []
-    return code_pb2.INTERNAL, "internal error", "INTERNAL", []
+    return None
 
 
 def _pack(message: object) -> any_pb2.Any:
