@@ -4,22 +4,23 @@
 
 Everything after ``--`` goes to ``apikeys-server`` unchanged, so both variants
 run the production entry point with the same grpc.aio options, interceptor
-chain, health and reflection services and event loop. The baseline only swaps
-the ``Authorize`` servicer class that ``server.app`` wires for one returning a
-constant answer, so the difference between the two is exactly the work of a
-``Check``. ``--no-interceptor`` builds the server without its interceptor, to
-measure what the admin interceptor costs calls that it passes through.
+chain, health and reflection services and event loop. The baseline passes the
+server a ``Wiring`` whose ``Authorize`` servicer returns a constant answer,
+so the difference between the two is exactly the work of a ``Check``.
+``--no-interceptor`` builds the server without its interceptor, to measure
+what the admin interceptor costs calls that it passes through.
 
 ``--stats FILE`` keeps FILE holding the number of SQL statements the store
-has run (a ``before_cursor_execute`` listener on its engine), rewritten every
-100 ms. ``--profile FILE`` writes cProfile statistics of the whole process
-when it stops.
+has run (a ``before_cursor_execute`` listener on the engine of the store the
+server opens), rewritten every 100 ms. ``--profile FILE`` writes cProfile
+statistics of the whole process when it stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import sys
 import threading
@@ -31,9 +32,10 @@ from typing import Any
 import grpc
 from sqlalchemy import event
 
-import server.app
+from server.admin_tokens import AdminTokenVerifier
+from server.app import Storage, Wiring
 from server.cli import main as server_main
-from server.store import SqlKeyStore
+from server.store import open_store
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
 
 STATS_INTERVAL = 0.1
@@ -65,38 +67,48 @@ class NoopAuthorize(authorize_pb2_grpc.AuthorizeServicer):
         return BASELINE_BATCH
 
 
-def _without_interceptors() -> None:
-    build = grpc.aio.server
-
-    def server_without_interceptors(*args: Any, **kwargs: Any) -> grpc.aio.Server:
-        kwargs.pop("interceptors", None)
-        return build(*args, **kwargs)
-
-    grpc.aio.server = server_without_interceptors
+def _no_interceptors(_verifier: AdminTokenVerifier) -> Sequence[grpc.aio.ServerInterceptor]:
+    return ()
 
 
-def _count_statements(stats: Path) -> None:
-    statements = [0]
-    open_store = server.app.open_store
+def variant(wiring: Wiring, *, noop: bool = False, interceptors: bool = True) -> Wiring:
+    """``wiring`` with the no-op ``Authorize`` servicer and/or without interceptors."""
+    if noop:
+        wiring = dataclasses.replace(wiring, authorize_servicer=NoopAuthorize)
+    if not interceptors:
+        wiring = dataclasses.replace(wiring, interceptors=_no_interceptors)
+    return wiring
 
-    async def counted_open_store(database_url: str, **kwargs: Any) -> SqlKeyStore:
-        store = await open_store(database_url, **kwargs)
 
-        def count(*_: Any) -> None:
-            statements[0] += 1
+class StatementCounter:
+    """Counts the SQL statements run by the stores it opens."""
 
-        event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    def __init__(self) -> None:
+        self.count = 0
+
+    def wiring(self, wiring: Wiring) -> Wiring:
+        """``wiring`` opening its store through this counter."""
+        return dataclasses.replace(wiring, open_store=self._open_store)
+
+    async def _open_store(self, database_url: str) -> Storage:
+        store = await open_store(database_url)
+        event.listen(store.engine.sync_engine, "before_cursor_execute", self._count)
         return store
 
-    def publish() -> None:
-        partial = stats.with_suffix(".tmp")
-        while True:
-            partial.write_text(str(statements[0]))
-            os.replace(partial, stats)
-            time.sleep(STATS_INTERVAL)
+    def _count(self, *_: Any) -> None:
+        self.count += 1
 
-    server.app.open_store = counted_open_store  # type: ignore[assignment]
-    threading.Thread(target=publish, name="bench-stats", daemon=True).start()
+    def publish(self, stats: Path) -> None:
+        """Keeps ``stats`` holding the count, rewritten every ``STATS_INTERVAL``."""
+
+        def publish_forever() -> None:
+            partial = stats.with_suffix(".tmp")
+            while True:
+                partial.write_text(str(self.count))
+                os.replace(partial, stats)
+                time.sleep(STATS_INTERVAL)
+
+        threading.Thread(target=publish_forever, name="bench-stats", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,18 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("server_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     server_args = [arg for arg in args.server_args if arg != "--"]
-    if args.variant == "noop":
-        server.app.AuthorizeServicer = NoopAuthorize  # type: ignore[misc,assignment]
-    if args.no_interceptor:
-        _without_interceptors()
+    wiring = variant(Wiring(), noop=args.variant == "noop", interceptors=not args.no_interceptor)
     if args.stats is not None:
-        _count_statements(args.stats)
+        counter = StatementCounter()
+        counter.publish(args.stats)
+        wiring = counter.wiring(wiring)
     if args.profile is None:
-        return server_main(server_args)
+        return server_main(server_args, wiring=wiring)
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        return server_main(server_args)
+        return server_main(server_args, wiring=wiring)
     finally:
         profiler.disable()
         profiler.dump_stats(args.profile)

@@ -2,6 +2,11 @@
 -> grpc.aio server.
 
 ``ApiKeysServer`` is what the entry point runs and what tests start on port 0.
+It builds the service from a ``Wiring``: the store opener, the servicers and
+the interceptors, each with its production default. Tests and benchmarks
+pass their variants in (a statement-counting store, a no-op servicer) rather
+than assigning to module attributes, and reach what they inspect through the
+``Parts`` the started server exposes.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +36,7 @@ from server.domain.keys import KeyCipher, KeyHasher
 from server.domain.paging import PageTokens
 from server.domain.routes import RouteFileError, RouteTable
 from server.domain.scopes import SCOPE_CATALOG
+from server.domain.store import ChangeFeed, KeyStore
 from server.domain.usage import UsageRecorder
 from server.invalidation import ChangeFollower
 from server.logs import quiet_parameter_loggers
@@ -43,6 +51,47 @@ SERVICE_NAMES = (
     authorize_pb2.DESCRIPTOR.services_by_name["Authorize"].full_name,
 )
 MAX_MESSAGE_BYTES = 1 << 20
+
+
+class Storage(KeyStore, ChangeFeed, Protocol):
+    """What the server needs of its store: the keys and their change feed."""
+
+
+StoreOpener = Callable[[str], Awaitable[Storage]]
+"""Opens (and migrates) the store at a database URL."""
+
+
+def admin_interceptors(verifier: AdminTokenVerifier) -> Sequence[grpc.aio.ServerInterceptor]:
+    """The production interceptor chain: admin authentication."""
+    return (AdminAuthInterceptor(verifier),)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Wiring:
+    """The parts the server is built from; the defaults are production's."""
+
+    open_store: StoreOpener = open_store
+    authorize_servicer: Callable[[Authorizer], authorize_pb2_grpc.AuthorizeServicer] = (
+        AuthorizeServicer
+    )
+    key_admin_servicer: Callable[[KeyAdministration], key_admin_pb2_grpc.KeyAdminServicer] = (
+        KeyAdminServicer
+    )
+    interceptors: Callable[[AdminTokenVerifier], Sequence[grpc.aio.ServerInterceptor]] = field(
+        default=admin_interceptors
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Parts:
+    """What a started server is made of, for the code that inspects it."""
+
+    store: Storage
+    cache: CachedKeyStore
+    follower: ChangeFollower
+    usage: UsageRecorder
+    authorizer: Authorizer
+    administration: KeyAdministration
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,13 +133,12 @@ def prepare(settings: Settings) -> Prepared:
 class ApiKeysServer:
     """The gRPC server with everything behind it."""
 
-    def __init__(self, prepared: Prepared) -> None:
+    def __init__(self, prepared: Prepared, *, wiring: Wiring | None = None) -> None:
         self._prepared = prepared
+        self._wiring = wiring or Wiring()
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
-        self._cache: CachedKeyStore | None = None
-        self._follower: ChangeFollower | None = None
-        self._usage: UsageRecorder | None = None
+        self._parts: Parts | None = None
         self.port = 0
 
     @property
@@ -99,16 +147,17 @@ class ApiKeysServer:
         return self._prepared.settings
 
     @property
-    def cache(self) -> CachedKeyStore:
-        """The key cache (for the change feed and for tests)."""
-        assert self._cache is not None, "server not started"
-        return self._cache
+    def parts(self) -> Parts:
+        """What the started server is made of."""
+        if self._parts is None:
+            raise RuntimeError("the server has not been started")
+        return self._parts
 
     async def start(self) -> None:
         """Opens the store (migrating it), binds the port and serves."""
         settings = self._prepared.settings
         quiet_parameter_loggers()
-        store = await open_store(settings.database_url)
+        store = await self._wiring.open_store(settings.database_url)
         cache = CachedKeyStore(
             store,
             ttl=settings.cache_ttl,
@@ -122,7 +171,8 @@ class ApiKeysServer:
         try:
             await follower.start()
             usage = UsageRecorder(cache, interval=settings.last_used_flush)
-            server = self._grpc_server(cache, usage)
+            parts = self._assemble(store, cache, follower, usage)
+            server = self._grpc_server(parts)
             try:
                 self.port = server.add_insecure_port(settings.listen)
             except RuntimeError as exc:
@@ -133,8 +183,7 @@ class ApiKeysServer:
             await cache.close()
             raise
         usage.start()
-        self._server, self._cache, self._usage = server, cache, usage
-        self._follower = follower
+        self._server, self._parts = server, parts
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -146,28 +195,48 @@ class ApiKeysServer:
             },
         )
 
-    def _grpc_server(self, cache: CachedKeyStore, usage: UsageRecorder) -> grpc.aio.Server:
+    def _assemble(
+        self,
+        store: Storage,
+        cache: CachedKeyStore,
+        follower: ChangeFollower,
+        usage: UsageRecorder,
+    ) -> Parts:
         settings = self._prepared.settings
         assert settings.hmac_secret is not None and settings.encryption_keys is not None
         hasher = KeyHasher(settings.hmac_secret.reveal())
-        administration = KeyAdministration(
-            store=cache,
-            hasher=hasher,
-            cipher=KeyCipher(settings.encryption_keys.reveal()),
-            page_tokens=PageTokens(settings.hmac_secret.reveal()),
+        return Parts(
+            store=store,
+            cache=cache,
+            follower=follower,
+            usage=usage,
+            authorizer=Authorizer(
+                keys=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
+            ),
+            administration=KeyAdministration(
+                store=cache,
+                hasher=hasher,
+                cipher=KeyCipher(settings.encryption_keys.reveal()),
+                page_tokens=PageTokens(settings.hmac_secret.reveal()),
+            ),
         )
-        authorizer = Authorizer(
-            keys=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
-        )
+
+    def _grpc_server(self, parts: Parts) -> grpc.aio.Server:
+        settings = self._prepared.settings
+        wiring = self._wiring
         server = grpc.aio.server(
-            interceptors=[AdminAuthInterceptor(self._prepared.verifier)],
+            interceptors=wiring.interceptors(self._prepared.verifier),
             options=[
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        key_admin_pb2_grpc.add_KeyAdminServicer_to_server(KeyAdminServicer(administration), server)
-        authorize_pb2_grpc.add_AuthorizeServicer_to_server(AuthorizeServicer(authorizer), server)
+        key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
+            wiring.key_admin_servicer(parts.administration), server
+        )
+        authorize_pb2_grpc.add_AuthorizeServicer_to_server(
+            wiring.authorize_servicer(parts.authorizer), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -181,37 +250,36 @@ class ApiKeysServer:
 
     async def flush_usage(self) -> None:
         """Writes pending last-used times now instead of at the next tick."""
-        if self._usage is not None:
-            await self._usage.flush()
+        if self._parts is not None:
+            await self._parts.usage.flush()
 
     async def sync_changes(self) -> None:
         """Applies the change feed now instead of at the next notification or
         poll. Raises ``StoreUnavailable`` when the feed cannot be read."""
-        if self._follower is not None:
-            await self._follower.sync()
+        if self._parts is not None:
+            await self._parts.follower.sync()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish for ``grace``
         seconds, flushes last-used times and closes the store."""
-        if self._server is None:
+        if self._server is None or self._parts is None:
             return
+        parts = self._parts
         grace = self.settings.shutdown_grace if grace is None else grace
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None
         try:
-            if self._usage is not None:
-                await self._usage.stop()
+            await parts.usage.stop()
         finally:
-            if self._follower is not None:
-                await self._follower.stop()
-            await self.cache.close()
+            await parts.follower.stop()
+            await parts.cache.close()
         log.info("stopped")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, wiring: Wiring | None = None) -> None:
     """Runs the server until SIGTERM or SIGINT, then stops it gracefully."""
-    server = ApiKeysServer(prepare(settings))
+    server = ApiKeysServer(prepare(settings), wiring=wiring)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

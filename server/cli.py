@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import prepare, serve
+from server.app import Wiring, prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
 from server.settings import Settings, SettingsError, load_settings
@@ -34,8 +34,9 @@ WORKER_STOP_ALLOWANCE_S = 15.0
 T = TypeVar("T")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``apikeys-server``; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, wiring: Wiring | None = None) -> int:
+    """Runs ``apikeys-server``; returns the exit status. ``wiring`` replaces
+    the parts the server is built from (benchmarks run variants this way)."""
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
@@ -47,12 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.command == "migrate":
         return _guarded(lambda: _migrate(settings))
     if settings.workers > 1:
-        return _guarded(lambda: _serve_workers(settings))
-    return _guarded(lambda: _serve(settings))
+        return _guarded(lambda: _serve_workers(settings, wiring))
+    return _guarded(lambda: _serve(settings, wiring))
 
 
-def _serve(settings: Settings) -> int:
-    _run(settings, lambda: serve(settings))
+def _serve(settings: Settings, wiring: Wiring | None) -> int:
+    _run(settings, lambda: serve(settings, wiring))
     return 0
 
 
@@ -61,7 +62,7 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve_workers(settings: Settings) -> int:
+def _serve_workers(settings: Settings, wiring: Wiring | None) -> int:
     # Generated secrets, the development key pair and the schema are made
     # once here, so the workers do not race to make them; the event loop
     # this takes is closed again before the first fork.
@@ -69,7 +70,7 @@ def _serve_workers(settings: Settings) -> int:
     _migrate(settings)
     return supervise(
         settings.workers,
-        lambda: _guarded(lambda: _serve(settings)),
+        lambda: _guarded(lambda: _serve(settings, wiring)),
         stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
     )
 

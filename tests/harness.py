@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from clients.devtoken import DEV_SIGNING_KEY_FILE, mint_dev_token
-from server.app import ApiKeysServer, prepare
+from server.app import ApiKeysServer, Wiring, prepare
 from server.settings import load_settings
 from voiso.apikeys.v1 import authorize_pb2_grpc, key_admin_pb2_grpc
 
@@ -89,12 +89,14 @@ async def running_server(
     data_dir: Path,
     *,
     args: Sequence[str] = (),
+    wiring: Wiring | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     """Starts the real server on 127.0.0.1:0 and stops it afterwards.
 
     The environment is ignored so that a developer's ``APIKEYS_*`` variables
-    cannot change what a test runs against.
+    cannot change what a test runs against. ``wiring`` replaces parts of the
+    server, as the benchmarks do.
     """
     settings = load_settings(
         ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--log-format", "text", *args],
@@ -102,7 +104,7 @@ async def running_server(
     )
     if overrides:
         settings = dataclasses.replace(settings, **overrides)
-    server = ApiKeysServer(prepare(settings))
+    server = ApiKeysServer(prepare(settings), wiring=wiring)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:

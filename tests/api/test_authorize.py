@@ -16,6 +16,7 @@ from sqlalchemy import event
 from server.domain.keys import KEY_PREFIX, generate_key
 from server.domain.routes import RouteTable
 from server.domain.scopes import SCOPE_CATALOG, implied_scopes
+from server.store import SqlKeyStore
 from tests.api.rpc import bad_fields, rpc_error
 from tests.domain.test_routes import CONFIRMED, concrete
 from tests.harness import Harness
@@ -40,7 +41,9 @@ def counted_queries(h: Harness) -> Iterator[list[str]]:
     """Every SQL query the server's store executes inside the block for the
     calls (transaction control such as BEGIN is not a query, and the change
     feed's background reads are the follower's, not the calls')."""
-    engine = h.server.cache.store.engine.sync_engine  # type: ignore[attr-defined]
+    store = h.server.parts.store
+    assert isinstance(store, SqlKeyStore)
+    engine = store.engine.sync_engine
     statements: list[str] = []
 
     def on_execute(*args: Any) -> None:
