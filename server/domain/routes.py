@@ -104,6 +104,11 @@ class RouteTable:
         # endpoints repeat the same method and path over and over.
         self._memo: dict[tuple[str, str], RouteMatch | None] = {}
 
+    @property
+    def remembered(self) -> int:
+        """How many requests' answers the table holds in memory."""
+        return len(self._memo)
+
     @classmethod
     def load(cls, path: Path | None = None, *, known_scopes: Collection[str]) -> RouteTable:
         """Loads the table from ``path``, or the packaged default when

@@ -444,4 +444,4 @@ def test_only_requests_that_could_match_are_remembered() -> None:
         assert table.match(f"M{index}" + "X" * 10_000, "/api/v4/users") is None
         assert table.match("GET", "/" + "a" * (MAX_PATH_LENGTH + index)) is None
     assert table.match("GET", "/api/v4/users") == table.match("GET", "/api/v4/users")
-    assert len(table._memo) == 1
+    assert table.remembered == 1
