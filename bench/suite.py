@@ -4,7 +4,8 @@ The servers run pinned to CPU 0 and the load generators to CPU 1 (with
 ``taskset`` when it exists), each server in a process of its own. Both
 variants of a comparison are started together and measured in alternation,
 run after run, so slow phases of a noisy machine hit both alike; each figure
-is the median of ``--runs`` runs, with its spread (min-max).
+is the median of ``--runs`` runs, with its spread (min-max). ``--quick`` makes
+every run short and single, to see that the suite works, not to measure.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ DEFAULT_SATURATION_RUNS: Final = 6
 DEFAULT_DURATION: Final = 3.0
 DEFAULT_DISTINCT_UNKNOWN: Final = 2000
 DEFAULT_MEMORY_KEYS: Final = 100_000
+# --quick: one short run of everything, enough to see every section print.
+QUICK_SIZES: Final = {
+    "runs": 1,
+    "saturation_runs": 1,
+    "duration": 1.0,
+    "distinct_unknown": 200,
+    "memory_keys": 10_000,
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -761,7 +770,18 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
     parser.add_argument("--distinct-unknown", type=int, default=DEFAULT_DISTINCT_UNKNOWN)
     parser.add_argument("--memory-keys", type=int, default=DEFAULT_MEMORY_KEYS)
     parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: "
+        + ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in QUICK_SIZES.items())
+        + " unless given; its figures are not measurements",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        # Options given on the command line still win over the quick sizes.
+        parser.set_defaults(**QUICK_SIZES)
+        args = parser.parse_args(argv)
     return SuiteOptions(
         runs=args.runs,
         saturation_runs=args.saturation_runs,
