@@ -72,8 +72,10 @@ PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
 DEFAULT_CALL_TIMEOUT: Final = 1.0
 DEFAULT_DURATION: Final = 10.0
 
-# The public key format (contract section 4), so unknown keys pass the
-# server's format check and cost it a lookup, as a guessed key would.
+# The service's public key format (``vsk_``, 43 base62 characters of secret,
+# a 6-character CRC32 checksum), repeated here because clients/ does not
+# import the server: unknown keys pass the server's format check and cost it
+# a lookup, as a guessed key would.
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _PREFIX = "vsk_"
 _SECRET_CHARS = 43
