@@ -4,7 +4,8 @@ The servers run pinned to CPU 0 and the load generators to CPU 1 (with
 ``taskset`` when it exists), each server in a process of its own. Both
 variants of a comparison are started together and measured in alternation,
 run after run, so slow phases of a noisy machine hit both alike; each figure
-is the median of ``--runs`` runs, with its spread (min-max).
+is the median of ``--runs`` runs, with its spread (min-max). ``--quick`` makes
+every run short and single, to see that the suite works, not to measure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import grpc
 from google.protobuf.internal import api_implementation
@@ -46,6 +48,48 @@ CLIENTS = 4
 STREAMS = 16
 START_TIMEOUT = 20.0
 MALFORMED_KEY = "vsk_" + "A" * 49
+DEFAULT_RUNS: Final = 3
+DEFAULT_SATURATION_RUNS: Final = 6
+DEFAULT_DURATION: Final = 3.0
+DEFAULT_DISTINCT_UNKNOWN: Final = 2000
+DEFAULT_MEMORY_KEYS: Final = 100_000
+# --quick: one short run of everything, enough to see every section print.
+QUICK_SIZES: Final = {
+    "runs": 1,
+    "saturation_runs": 1,
+    "duration": 1.0,
+    "distinct_unknown": 200,
+    "memory_keys": 10_000,
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SuiteOptions:
+    """How many runs the suite makes, how long each lasts, and what it skips."""
+
+    runs: int = DEFAULT_RUNS
+    saturation_runs: int = DEFAULT_SATURATION_RUNS
+    duration: float = DEFAULT_DURATION
+    distinct_unknown: int = DEFAULT_DISTINCT_UNKNOWN
+    memory_keys: int = DEFAULT_MEMORY_KEYS
+    profile: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Headline:
+    """Median saturated req/s of cached-key ``Check``, real server and no-op
+    baseline (uvloop, interceptor on): what later sections are set against."""
+
+    check_rps: float
+    base_rps: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FloodRun:
+    """Legitimate checks measured during a flood, and the floods' own req/s."""
+
+    legit: h2.H2Result
+    flood_rps: float
 
 
 def _free_port() -> int:
@@ -242,13 +286,14 @@ class Report:
 
 
 def _alternate(
-    runs: int, measure: dict[str, Callable[[], h2.H2Result]]
+    runs: int, servers: Sequence[BenchServer], measure: Callable[[BenchServer], h2.H2Result]
 ) -> dict[str, list[h2.H2Result]]:
-    results: dict[str, list[h2.H2Result]] = {name: [] for name in measure}
-    order = list(measure)
+    """``runs`` measurements of each server, in turns; results by server name."""
+    results: dict[str, list[h2.H2Result]] = {server.name: [] for server in servers}
+    order = list(servers)
     for _ in range(runs):
-        for name in order:
-            results[name].append(measure[name]())
+        for server in order:
+            results[server.name].append(measure(server))
         # A-B, B-A, A-B, ...: a machine slowing down or speeding up through
         # the runs favours neither variant.
         order.reverse()
@@ -276,14 +321,14 @@ def saturate_together(
 
 
 def _side_by_side(
-    real: BenchServer, noop: BenchServer, body: bytes, args: argparse.Namespace
+    real: BenchServer, noop: BenchServer, body: bytes, options: SuiteOptions
 ) -> Figure:
     """Real / no-op req/s with both servers driven at once; which one starts
     first alternates."""
     ratios = []
     pair = [real, noop]
-    for _ in range(args.saturation_runs):
-        done = saturate_together(pair, {real.name: body, noop.name: body}, args.duration)
+    for _ in range(options.saturation_runs):
+        done = saturate_together(pair, {real.name: body, noop.name: body}, options.duration)
         ratios.append(done[real.name].rps / done[noop.name].rps)
         pair.reverse()
     return Figure(values=tuple(ratios))
@@ -301,9 +346,18 @@ def _saturate(
     )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RateComparison:
+    """Saturated req/s of the real server and the baseline, and their ratio per run pair."""
+
+    real_rps: Figure
+    base_rps: Figure
+    ratio: Figure
+
+
 def _ratio_rows(
     report: Report, results: dict[str, list[h2.H2Result]], real: str, base: str
-) -> tuple[Figure, Figure, Figure]:
+) -> RateComparison:
     real_rps, base_rps = _figure(results[real], "rps"), _figure(results[base], "rps")
     ratio = Figure(
         values=tuple(r.rps / b.rps for r, b in zip(results[real], results[base], strict=True))
@@ -313,7 +367,7 @@ def _ratio_rows(
     for field, label in (("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("p999_ms", "p99.9 ms")):
         real_f, base_f = _figure(results[real], field), _figure(results[base], field)
         report.row(label, _fmt(real_f, 2), _fmt(base_f, 2), f"{real_f.median / base_f.median:.2f}")
-    return real_rps, base_rps, ratio
+    return RateComparison(real_rps=real_rps, base_rps=base_rps, ratio=ratio)
 
 
 # --- the scenarios ----------------------------------------------------------------------
@@ -336,125 +390,157 @@ def header(report: Report) -> None:
     report.row("load", f"h2load -c {CLIENTS} -m {STREAMS} (unless stated)")
 
 
-def saturation(report: Report, args: argparse.Namespace) -> None:
+def saturation(report: Report, options: SuiteOptions) -> Headline:
     """Saturated throughput and latency of the real server against the baseline,
-    then with the asyncio loop and without the interceptor."""
-    figures: dict[str, float] = {}
+    CheckBatch, a flood and ``apikeys loadtest``, all on one pair of servers."""
     with started("real", variant="real") as real, started("noop", variant="noop") as noop:
         key = create_key(real, ["campaigns.read"])
         body = check_body(key)
         verify_check(real, body, authorize_pb2.REASON_ALLOWED)
         verify_check(noop, body, authorize_pb2.REASON_ALLOWED)
-        report.section(
-            "cached-key Check at saturation (uvloop, interceptor on); body verified: "
-            "grpc-status 0, REASON_ALLOWED"
-        )
-        results = _alternate(
-            args.saturation_runs,
-            {
-                "real": lambda: _saturate(real, body, args.duration),
-                "noop": lambda: _saturate(noop, body, args.duration),
-            },
-        )
-        real_rps, base_rps, ratio = _ratio_rows(report, results, "real", "noop")
-        report.target(
-            "Check throughput >= 0.90 x baseline", ratio.median >= 0.9, f"{ratio.median:.3f}"
-        )
-        together = _side_by_side(real, noop, body, args)
-        report.row("both at once on the server CPU", "", "", _fmt(together, 3))
-        report.note(
-            "(the two servers saturated together, sharing CPU 0: a slow phase of the machine "
-            "hits both alike, so this ratio of costs per call moves far less between runs)"
-        )
-        figures["check_rps"] = args.check_rps = real_rps.median
-        figures["base_rps"] = base_rps.median
+        headline = _cached_check(report, options, real, noop, body)
+        _half_rate(report, options, real, noop, body, headline.base_rps)
+        _check_batch(report, options, real, noop, key, headline.check_rps)
+        flood(report, options, real, key, headline.check_rps)
+        loadtest(report, options, real)
+    return headline
 
-        half = base_rps.median / 2
-        report.section(
-            f"latency at half the baseline's saturated rate ({half:,.0f} req/s: "
-            f"h2load -c {CLIENTS} --rps {half / CLIENTS:,.0f} per client)"
-        )
-        paced = _alternate(
-            args.runs,
-            {
-                name: (
-                    lambda server=server: h2.run(
-                        server.url(CHECK),
-                        body,
-                        clients=CLIENTS,
-                        streams=STREAMS,
-                        duration=args.duration,
-                        rps_per_client=half / CLIENTS,
-                        cpu=LOAD_CPU,
-                    )
-                )
-                for name, server in (("real", real), ("noop", noop))
-            },
-        )
-        _ratio_rows(report, paced, "real", "noop")
-        p99 = _figure(paced["real"], "p99_ms").median / _figure(paced["noop"], "p99_ms").median
-        report.target("p99 at half rate within 1.5 x baseline", p99 <= 1.5, f"{p99:.2f} x")
 
-        report.section(f"CheckBatch ({BATCH_SIZE} cached-key checks per call)")
-        batch = batch_body(key)
-        batches = _alternate(
-            args.runs,
-            {
-                "real": lambda: _saturate(real, batch, args.duration, CHECK_BATCH),
-                "noop": lambda: _saturate(noop, batch, args.duration, CHECK_BATCH),
-            },
-        )
-        decisions = Figure(values=tuple(r.rps * BATCH_SIZE for r in batches["real"]))
-        base_decisions = Figure(values=tuple(r.rps * BATCH_SIZE for r in batches["noop"]))
-        multiple = decisions.median / real_rps.median
-        report.row("", "real", "noop", "real / unary Check")
-        report.row(
-            "decisions/s, median (min-max)",
-            _fmt(decisions),
-            _fmt(base_decisions),
-            f"{multiple:.1f} x",
-        )
-        report.target(
-            "CheckBatch decisions/s >= 10 x unary Check", multiple >= 10, f"{multiple:.1f} x"
-        )
+def _cached_check(
+    report: Report, options: SuiteOptions, real: BenchServer, noop: BenchServer, body: bytes
+) -> Headline:
+    report.section(
+        "cached-key Check at saturation (uvloop, interceptor on); body verified: "
+        "grpc-status 0, REASON_ALLOWED"
+    )
+    results = _alternate(
+        options.saturation_runs,
+        (real, noop),
+        lambda server: _saturate(server, body, options.duration),
+    )
+    rates = _ratio_rows(report, results, "real", "noop")
+    ratio = rates.ratio.median
+    report.target("Check throughput >= 0.90 x baseline", ratio >= 0.9, f"{ratio:.3f}")
+    together = _side_by_side(real, noop, body, options)
+    report.row("both at once on the server CPU", "", "", _fmt(together, 3))
+    report.note(
+        "(the two servers saturated together, sharing CPU 0: a slow phase of the machine "
+        "hits both alike, so this ratio of costs per call moves far less between runs)"
+    )
+    return Headline(check_rps=rates.real_rps.median, base_rps=rates.base_rps.median)
 
-        flood(report, args, real, key)
-        loadtest(report, args, real)
 
+def _half_rate(
+    report: Report,
+    options: SuiteOptions,
+    real: BenchServer,
+    noop: BenchServer,
+    body: bytes,
+    base_rps: float,
+) -> None:
+    half = base_rps / 2
+    report.section(
+        f"latency at half the baseline's saturated rate ({half:,.0f} req/s: "
+        f"h2load -c {CLIENTS} --rps {half / CLIENTS:,.0f} per client)"
+    )
+    paced = _alternate(
+        options.runs,
+        (real, noop),
+        lambda server: h2.run(
+            server.url(CHECK),
+            body,
+            clients=CLIENTS,
+            streams=STREAMS,
+            duration=options.duration,
+            rps_per_client=half / CLIENTS,
+            cpu=LOAD_CPU,
+        ),
+    )
+    _ratio_rows(report, paced, "real", "noop")
+    p99 = _figure(paced["real"], "p99_ms").median / _figure(paced["noop"], "p99_ms").median
+    report.target("p99 at half rate within 1.5 x baseline", p99 <= 1.5, f"{p99:.2f} x")
+
+
+def _check_batch(
+    report: Report,
+    options: SuiteOptions,
+    real: BenchServer,
+    noop: BenchServer,
+    key: str,
+    check_rps: float,
+) -> None:
+    report.section(f"CheckBatch ({BATCH_SIZE} cached-key checks per call)")
+    batch = batch_body(key)
+    batches = _alternate(
+        options.runs,
+        (real, noop),
+        lambda server: _saturate(server, batch, options.duration, CHECK_BATCH),
+    )
+    decisions = Figure(values=tuple(r.rps * BATCH_SIZE for r in batches["real"]))
+    base_decisions = Figure(values=tuple(r.rps * BATCH_SIZE for r in batches["noop"]))
+    multiple = decisions.median / check_rps
+    report.row("", "real", "noop", "real / unary Check")
+    report.row(
+        "decisions/s, median (min-max)",
+        _fmt(decisions),
+        _fmt(base_decisions),
+        f"{multiple:.1f} x",
+    )
+    report.target("CheckBatch decisions/s >= 10 x unary Check", multiple >= 10, f"{multiple:.1f} x")
+
+
+def variants(report: Report, options: SuiteOptions, headline: Headline) -> None:
+    """The cached-key saturation again, with the asyncio loop and without the
+    admin interceptor, each also set against the headline figures."""
     # Without the interceptor KeyAdmin has no actor, so that server reuses the
     # database (and the key) of the one before it.
     with tempfile.TemporaryDirectory(prefix="bench-shared-") as shared:
         data_dir = Path(shared) / "var"
         key = ""
-        for label, options in (
-            ("asyncio event loop (--uvloop false)", {"uvloop": False}),
-            ("without the admin interceptor", {"interceptor": False}),
+        for label, uvloop, interceptor in (
+            ("asyncio event loop (--uvloop false)", False, True),
+            ("without the admin interceptor", True, False),
         ):
             with (
-                started("real", variant="real", data_dir=data_dir, **options) as real,
-                started("noop", variant="noop", **options) as noop,
+                started(
+                    "real",
+                    variant="real",
+                    uvloop=uvloop,
+                    interceptor=interceptor,
+                    data_dir=data_dir,
+                ) as real,
+                started("noop", variant="noop", uvloop=uvloop, interceptor=interceptor) as noop,
             ):
                 key = key or create_key(real, ["campaigns.read"])
-                body = check_body(key)
-                verify_check(real, body, authorize_pb2.REASON_ALLOWED)
-                report.section(f"cached-key Check at saturation, {label}")
-                results = _alternate(
-                    args.runs,
-                    {
-                        "real": lambda real=real, body=body: _saturate(real, body, args.duration),
-                        "noop": lambda noop=noop, body=body: _saturate(noop, body, args.duration),
-                    },
-                )
-                real_rps, base_rps, _ = _ratio_rows(report, results, "real", "noop")
-                real_change = real_rps.median / figures["check_rps"]
-                noop_change = base_rps.median / figures["base_rps"]
-                report.note(
-                    f"vs uvloop + interceptor: real {real_change:.3f} x, noop {noop_change:.3f} x"
-                )
+                _variant(report, options, headline, label, real, noop, key)
 
 
-def flood(report: Report, args: argparse.Namespace, real: BenchServer, key: str) -> None:
-    """Legitimate checks mixed into a flood of malformed and unknown keys."""
+def _variant(
+    report: Report,
+    options: SuiteOptions,
+    headline: Headline,
+    label: str,
+    real: BenchServer,
+    noop: BenchServer,
+    key: str,
+) -> None:
+    body = check_body(key)
+    verify_check(real, body, authorize_pb2.REASON_ALLOWED)
+    report.section(f"cached-key Check at saturation, {label}")
+    results = _alternate(
+        options.runs, (real, noop), lambda server: _saturate(server, body, options.duration)
+    )
+    rates = _ratio_rows(report, results, "real", "noop")
+    real_change = rates.real_rps.median / headline.check_rps
+    noop_change = rates.base_rps.median / headline.base_rps
+    report.note(f"vs uvloop + interceptor: real {real_change:.3f} x, noop {noop_change:.3f} x")
+
+
+def flood(
+    report: Report, options: SuiteOptions, real: BenchServer, key: str, check_rps: float
+) -> None:
+    """Legitimate checks mixed into a flood of malformed and unknown keys, then
+    distinct unknown keys twice against the negative cache."""
     legit = check_body(key)
     malformed = check_body(MALFORMED_KEY)
     unknown = check_body(well_formed_key())
@@ -466,7 +552,7 @@ def flood(report: Report, args: argparse.Namespace, real: BenchServer, key: str)
     )
     # Legitimate traffic at a quarter of the server's saturated rate: what an
     # API gateway offers, while the flood takes every cycle that is left.
-    rate = args.check_rps / 4
+    rate = check_rps / 4
 
     def legit_run(paced: bool) -> h2.H2Result:
         return h2.run(
@@ -474,13 +560,13 @@ def flood(report: Report, args: argparse.Namespace, real: BenchServer, key: str)
             legit,
             clients=2,
             streams=STREAMS,
-            duration=args.duration,
+            duration=options.duration,
             rps_per_client=rate / 2 if paced else None,
             cpu=LOAD_CPU,
         )
 
-    def with_flood(paced: bool) -> tuple[h2.H2Result, h2.H2Result, h2.H2Result]:
-        length = args.duration + 2
+    def with_flood(paced: bool) -> FloodRun:
+        length = options.duration + 2
         floods = [
             h2.start(real.url(CHECK), body, clients=2, streams=16, duration=length, cpu=LOAD_CPU)
             for body in (malformed, unknown)
@@ -488,38 +574,19 @@ def flood(report: Report, args: argparse.Namespace, real: BenchServer, key: str)
         time.sleep(1.0)
         result = legit_run(paced)
         flood_malformed, flood_unknown = (h2.finish(one, timeout=length + 30) for one in floods)
-        return result, flood_malformed, flood_unknown
+        return FloodRun(legit=result, flood_rps=flood_malformed.rps + flood_unknown.rps)
 
     before = real.statements()
     for paced, label in ((True, f"paced at {rate:,.0f} req/s"), (False, "closed loop, -c 2 -m 16")):
         alone: list[float] = []
         mixed: list[float] = []
         floods: list[float] = []
-        for _ in range(args.runs):
+        for _ in range(options.runs):
             alone.append(legit_run(paced).rps)
-            result, flood_malformed, flood_unknown = with_flood(paced)
-            mixed.append(result.rps)
-            floods.append(flood_malformed.rps + flood_unknown.rps)
-        kept = Figure(values=tuple(m / a for m, a in zip(mixed, alone, strict=True)))
-        report.row(f"legit req/s, {label}", "alone", "in the flood", "kept")
-        report.row(
-            "  median (min-max)",
-            _fmt(Figure(values=tuple(alone))),
-            _fmt(Figure(values=tuple(mixed))),
-            _fmt(kept, 3),
-        )
-        report.row("  flood req/s (both floods)", "", _fmt(Figure(values=tuple(floods))))
-        if paced:
-            report.target(
-                "legit checks keep >= 80% of their throughput in the flood",
-                kept.median >= 0.8,
-                f"{kept.median:.3f} (legit paced at a quarter of saturation)",
-            )
-        else:
-            report.note(
-                "closed loop: the server shares its one core between connections, so "
-                "legit's share follows its share of the connections (2 of 6)"
-            )
+            run = with_flood(paced)
+            mixed.append(run.legit.rps)
+            floods.append(run.flood_rps)
+        _flood_rows(report, label, paced, alone, mixed, floods)
     statements = real.statements() - before
     report.row("SQL statements during the floods", str(statements))
     alive = True
@@ -528,10 +595,42 @@ def flood(report: Report, args: argparse.Namespace, real: BenchServer, key: str)
     except (grpc.RpcError, RuntimeError):
         alive = False
     report.target("server up and allowing after the flood", alive, "Check answered REASON_ALLOWED")
+    _unknown_keys_twice(report, real, options.distinct_unknown)
 
+
+def _flood_rows(
+    report: Report,
+    label: str,
+    paced: bool,
+    alone: Sequence[float],
+    mixed: Sequence[float],
+    floods: Sequence[float],
+) -> None:
+    kept = Figure(values=tuple(m / a for m, a in zip(mixed, alone, strict=True)))
+    report.row(f"legit req/s, {label}", "alone", "in the flood", "kept")
+    report.row(
+        "  median (min-max)",
+        _fmt(Figure(values=tuple(alone))),
+        _fmt(Figure(values=tuple(mixed))),
+        _fmt(kept, 3),
+    )
+    report.row("  flood req/s (both floods)", "", _fmt(Figure(values=tuple(floods))))
+    if paced:
+        report.target(
+            "legit checks keep >= 80% of their throughput in the flood",
+            kept.median >= 0.8,
+            f"{kept.median:.3f} (legit paced at a quarter of saturation)",
+        )
+    else:
+        report.note(
+            "closed loop: the server shares its one core between connections, so "
+            "legit's share follows its share of the connections (2 of 6)"
+        )
+
+
+def _unknown_keys_twice(report: Report, real: BenchServer, distinct: int) -> None:
     # The same distinct unknown keys twice, each pass inside the negative TTL:
     # the first pass looks each key up once, the second should not touch the store.
-    distinct = args.distinct_unknown
     keys = [well_formed_key() for _ in range(distinct)]
     given = [part for key in keys for part in ("--key", key)]
     passes: list[int] = []
@@ -570,7 +669,8 @@ def _loadtest_json(server: BenchServer, extra: Sequence[str]) -> dict[str, objec
     return document
 
 
-def loadtest(report: Report, args: argparse.Namespace, real: BenchServer) -> None:
+def loadtest(report: Report, options: SuiteOptions, real: BenchServer) -> None:
+    """``apikeys loadtest`` with its default mix against the real server."""
     apikeys = Path(sys.executable).with_name("apikeys")
     command = [
         *h2.cpu_pinning(LOAD_CPU),
@@ -583,10 +683,10 @@ def loadtest(report: Report, args: argparse.Namespace, real: BenchServer) -> Non
         "--concurrency",
         "64",
         "--duration",
-        f"{args.duration:g}",
+        f"{options.duration:g}",
     ]
     report.section(
-        f"apikeys loadtest --concurrency 64 --duration {args.duration:g} "
+        f"apikeys loadtest --concurrency 64 --duration {options.duration:g} "
         "(default mix valid=7,revoked=1,unknown=1,malformed=1; Python client on CPU 1)"
     )
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
@@ -594,11 +694,12 @@ def loadtest(report: Report, args: argparse.Namespace, real: BenchServer) -> Non
         report.note(line)
 
 
-def memory(report: Report, args: argparse.Namespace) -> None:
-    command = [sys.executable, "-m", "bench.memory", "--keys", str(args.memory_keys)]
+def memory(report: Report, options: SuiteOptions) -> None:
+    """The key cache's memory per entry (``bench.memory``)."""
+    command = [sys.executable, "-m", "bench.memory", "--keys", str(options.memory_keys)]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     figures = json.loads(output.stdout)
-    report.section(f"key cache memory, {args.memory_keys:,} distinct cached keys (bench.memory)")
+    report.section(f"key cache memory, {options.memory_keys:,} distinct cached keys (bench.memory)")
     report.row("cached entries", f"{figures['entries']:,}")
     report.row(
         "RSS before / after",
@@ -621,11 +722,12 @@ def hotpath(report: Report) -> None:
         report.note(line)
 
 
-def profile(report: Report, args: argparse.Namespace) -> None:
-    command = [sys.executable, "-m", "bench.profile", "--duration", f"{args.duration:g}"]
+def profile(report: Report, options: SuiteOptions) -> None:
+    """A cProfile of the real server at saturation (``bench.profile``)."""
+    command = [sys.executable, "-m", "bench.profile", "--duration", f"{options.duration:g}"]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
     report.section(
-        f"profile: real server under saturated cached-key Check ({args.duration:g} s, cProfile)"
+        f"profile: real server under saturated cached-key Check ({options.duration:g} s, cProfile)"
     )
     for line in output.stdout.splitlines():
         report.note(line)
@@ -633,29 +735,58 @@ def profile(report: Report, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the suite; prints the table and the list of targets."""
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median and spread)")
-    parser.add_argument(
-        "--saturation-runs",
-        type=int,
-        default=6,
-        help="run pairs for the cached-key saturation ratio, the figure closest to its target",
-    )
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per h2load run")
-    parser.add_argument("--distinct-unknown", type=int, default=2000)
-    parser.add_argument("--memory-keys", type=int, default=100_000)
-    parser.add_argument("--skip-profile", action="store_true")
-    args = parser.parse_args(argv)
+    options = parse_options(argv)
     began = time.monotonic()
     report = Report()
     header(report)
-    saturation(report, args)
-    memory(report, args)
+    headline = saturation(report, options)
+    variants(report, options, headline)
+    memory(report, options)
     hotpath(report)
-    if not args.skip_profile:
-        profile(report, args)
+    if options.profile:
+        profile(report, options)
     report.section("targets")
     for verdict in report.verdicts:
         report.note(verdict)
     report.note(f"suite took {time.monotonic() - began:.0f} s")
     return 0
+
+
+def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
+    """The suite's options from its command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument(
+        "--runs", type=int, default=DEFAULT_RUNS, help="runs per figure (median and spread)"
+    )
+    parser.add_argument(
+        "--saturation-runs",
+        type=int,
+        default=DEFAULT_SATURATION_RUNS,
+        help="run pairs for the cached-key saturation ratio, the figure closest to its target",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION, help="seconds per h2load run"
+    )
+    parser.add_argument("--distinct-unknown", type=int, default=DEFAULT_DISTINCT_UNKNOWN)
+    parser.add_argument("--memory-keys", type=int, default=DEFAULT_MEMORY_KEYS)
+    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: "
+        + ", ".join(f"--{name.replace('_', '-')} {value:g}" for name, value in QUICK_SIZES.items())
+        + " unless given; its figures are not measurements",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        # Options given on the command line still win over the quick sizes.
+        parser.set_defaults(**QUICK_SIZES)
+        args = parser.parse_args(argv)
+    return SuiteOptions(
+        runs=args.runs,
+        saturation_runs=args.saturation_runs,
+        duration=args.duration,
+        distinct_unknown=args.distinct_unknown,
+        memory_keys=args.memory_keys,
+        profile=not args.skip_profile,
+    )

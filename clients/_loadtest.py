@@ -7,21 +7,22 @@ Every answer is counted: decisions by reason (also per key kind, so a run shows
 whether each kind was decided as it should be), failed calls by gRPC code, and
 the latency of each answered call in an HdrHistogram. Calls go out on raw
 ``grpc.aio`` stubs without client retries, so each request is exactly one call.
+
+This module is the library side (plan, run, result, table); the command line
+that builds a plan from its options is ``clients._loadtest_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import secrets
-import sys
 import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 
 import grpc
 from hdrh.histogram import HdrHistogram
@@ -32,26 +33,38 @@ from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
+    "DEFAULT_DURATION",
     "DEFAULT_MIX",
     "DEFAULT_ROUTES",
     "KINDS",
+    "MALFORMED_KEYS",
     "LoadPlan",
     "LoadResult",
     "PlanError",
-    "add_arguments",
+    "PreparedKeys",
+    "Route",
+    "ScheduledCheck",
+    "delete_keys",
     "format_table",
     "prepare_keys",
-    "run_command",
     "run_load",
     "well_formed_key",
 ]
 
+
+class Route(NamedTuple):
+    """An HTTP method and path of the v4 API that a run checks keys against."""
+
+    method: str
+    path: str
+
+
 KINDS: Final = ("valid", "revoked", "unknown", "malformed", "given")
 DEFAULT_MIX: Final = {"valid": 7, "revoked": 1, "unknown": 1, "malformed": 1, "given": 7}
 DEFAULT_ROUTES: Final = (
-    ("GET", "/api/v4/campaigns"),
-    ("GET", "/api/v4/reporting/cdrs"),
-    ("GET", "/api/v4/users"),
+    Route("GET", "/api/v4/campaigns"),
+    Route("GET", "/api/v4/reporting/cdrs"),
+    Route("GET", "/api/v4/users"),
 )
 # The scopes of the keys a run creates: they cover every default route.
 LOADTEST_SCOPES: Final = ("campaigns.read", "reporting.cdrs.read", "users.read")
@@ -59,8 +72,10 @@ PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
 DEFAULT_CALL_TIMEOUT: Final = 1.0
 DEFAULT_DURATION: Final = 10.0
 
-# The public key format (contract section 4), so unknown keys pass the
-# server's format check and cost it a lookup, as a guessed key would.
+# The service's public key format (``vsk_``, 43 base62 characters of secret,
+# a 6-character CRC32 checksum), repeated here because clients/ does not
+# import the server: unknown keys pass the server's format check and cost it
+# a lookup, as a guessed key would.
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _PREFIX = "vsk_"
 _SECRET_CHARS = 43
@@ -96,16 +111,36 @@ class PlanError(ValueError):
     """The command line asks for a run that cannot be made."""
 
 
+class ScheduledCheck(NamedTuple):
+    """One ``Check`` of a run's schedule and the kind of key it sends."""
+
+    kind: str
+    request: authorize_pb2.CheckRequest
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PreparedKeys:
+    """The keys ``prepare_keys`` created for a run.
+
+    ``valid_ids`` are the ids of the ``valid`` keys, which ``delete_keys``
+    removes afterwards; the ``revoked`` ones are deleted already.
+    """
+
+    valid: tuple[str, ...] = ()
+    revoked: tuple[str, ...] = ()
+    valid_ids: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoadPlan:
     """What to send: keys by kind, how often each kind is picked, and the routes."""
 
     keys: dict[str, tuple[str, ...]]
     mix: dict[str, int]
-    routes: tuple[tuple[str, str], ...] = DEFAULT_ROUTES
+    routes: tuple[Route, ...] = DEFAULT_ROUTES
     concurrency: int = 50
     connections: int = 1
-    duration: float | None = 10.0
+    duration: float | None = DEFAULT_DURATION
     requests: int | None = None
     timeout: float = DEFAULT_CALL_TIMEOUT
 
@@ -119,9 +154,9 @@ class LoadPlan:
         if not any(self.mix.get(kind, 0) > 0 and self.keys.get(kind) for kind in KINDS):
             raise PlanError("the mix selects no keys: give --key, or --token to create keys")
 
-    def schedule(self) -> list[tuple[str, authorize_pb2.CheckRequest]]:
-        """One cycle of ``(kind, request)``, each kind repeated by its weight,
-        kinds interleaved, so any prefix of the cycle keeps roughly the mix."""
+    def schedule(self) -> list[ScheduledCheck]:
+        """One cycle of checks, each kind repeated by its weight, kinds
+        interleaved, so any prefix of the cycle keeps roughly the mix."""
         per_kind = {
             kind: itertools.cycle(
                 [
@@ -134,13 +169,13 @@ class LoadPlan:
             if self.mix.get(kind, 0) > 0 and self.keys.get(kind)
         }
         longest = max(len(self.keys[kind]) * len(self.routes) for kind in per_kind)
-        cycle: list[tuple[str, authorize_pb2.CheckRequest]] = []
+        cycle: list[ScheduledCheck] = []
         # Enough rounds that every distinct key and route of every kind is sent once per cycle.
         for _ in range(max(1, longest)):
             for weight_round in range(max(self.mix[kind] for kind in per_kind)):
                 for kind, requests in per_kind.items():
                     if weight_round < self.mix[kind]:
-                        cycle.append((kind, next(requests)))
+                        cycle.append(ScheduledCheck(kind, next(requests)))
         return cycle
 
 
@@ -192,9 +227,8 @@ class LoadResult:
 
 async def prepare_keys(
     options: ChannelOptions, token: str, *, valid: int, revoked: int
-) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
-    """Creates ``valid`` keys and ``revoked`` keys (created, then deleted);
-    returns both secrets and the ids of the valid keys, for ``delete_keys``."""
+) -> PreparedKeys:
+    """Creates ``valid`` keys and ``revoked`` keys (created, then deleted)."""
     valid_keys: list[str] = []
     revoked_keys: list[str] = []
     ids: list[str] = []
@@ -215,7 +249,7 @@ async def prepare_keys(
         raise
     finally:
         await admin.close()
-    return tuple(valid_keys), tuple(revoked_keys), ids
+    return PreparedKeys(valid=tuple(valid_keys), revoked=tuple(revoked_keys), valid_ids=tuple(ids))
 
 
 async def delete_keys(options: ChannelOptions, token: str, ids: Sequence[str]) -> None:
@@ -267,11 +301,12 @@ async def run_load(
     async def worker(stub: authorize_pb2_grpc.AuthorizeStub) -> None:
         check: Any = stub.Check
         while (index := take()) is not None:
-            kind, request = schedule[index % length]
+            scheduled = schedule[index % length]
+            kind = scheduled.kind
             result.sent[kind] += 1
             begin = perf_counter()
             try:
-                response = await check(request, timeout=timeout)
+                response = await check(scheduled.request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 result.errors[exc.code().name] += 1
                 continue
@@ -347,151 +382,3 @@ def format_table(result: LoadResult) -> str:
         )
         lines.append(f"  {kind:<10}{sent:>10} sent: {reasons or 'no decisions'}")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``apikeys loadtest``."""
-    parser.add_argument(
-        "--concurrency", type=_positive_int, default=50, metavar="N", help="calls in flight"
-    )
-    parser.add_argument(
-        "--connections", type=_positive_int, default=1, metavar="N", help="HTTP/2 connections"
-    )
-    amount = parser.add_mutually_exclusive_group()
-    amount.add_argument(
-        "--duration",
-        type=float,
-        metavar="SECONDS",
-        help=f"how long to send (default {DEFAULT_DURATION:g})",
-    )
-    amount.add_argument("--requests", type=_positive_int, metavar="N", help="how many to send")
-    parser.add_argument(
-        "--key",
-        dest="keys",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="a key to send, of kind 'given'; repeat for more",
-    )
-    parser.add_argument(
-        "--valid-keys",
-        type=_count,
-        default=2,
-        metavar="N",
-        help="keys to create with the admin token, deleted afterwards (default 2)",
-    )
-    parser.add_argument(
-        "--revoked-keys",
-        type=_count,
-        default=1,
-        metavar="N",
-        help="keys to create and delete at once with the admin token (default 1)",
-    )
-    parser.add_argument(
-        "--unknown-keys",
-        type=_count,
-        default=100,
-        metavar="N",
-        help="distinct well-formed keys that no server issued (default 100)",
-    )
-    parser.add_argument(
-        "--mix",
-        type=_mix,
-        default={},
-        metavar="KIND=WEIGHT,...",
-        help="relative weights of "
-        + ", ".join(KINDS)
-        + " keys (default "
-        + ",".join(f"{kind}={weight}" for kind, weight in DEFAULT_MIX.items())
-        + ")",
-    )
-    parser.add_argument(
-        "--route",
-        dest="routes",
-        action="append",
-        type=_route,
-        default=[],
-        metavar='"METHOD PATH"',
-        help="a route to check; repeat for more (default: "
-        + "; ".join(f"{method} {path}" for method, path in DEFAULT_ROUTES)
-        + ")",
-    )
-
-
-async def run_command(
-    args: argparse.Namespace, options: ChannelOptions, token: str | None
-) -> LoadResult:
-    """Runs ``apikeys loadtest``: creates its keys when given a token, sends
-    the load, deletes the keys it created."""
-    if args.duration is not None and args.duration <= 0:
-        raise PlanError("--duration must be positive")
-    valid: tuple[str, ...] = ()
-    revoked: tuple[str, ...] = ()
-    created: list[str] = []
-    if token:
-        valid, revoked, created = await prepare_keys(
-            options, token, valid=args.valid_keys, revoked=args.revoked_keys
-        )
-    try:
-        plan = LoadPlan(
-            keys={
-                "valid": valid,
-                "revoked": revoked,
-                "unknown": tuple(well_formed_key() for _ in range(args.unknown_keys)),
-                "malformed": MALFORMED_KEYS,
-                "given": tuple(args.keys),
-            },
-            mix=args.mix or DEFAULT_MIX,
-            routes=tuple(args.routes) or DEFAULT_ROUTES,
-            concurrency=args.concurrency,
-            connections=args.connections,
-            duration=None if args.requests else (args.duration or DEFAULT_DURATION),
-            requests=args.requests,
-            timeout=args.timeout or DEFAULT_CALL_TIMEOUT,
-        )
-        return await run_load(plan, options, progress=progress_stream())
-    finally:
-        if created and token:
-            await delete_keys(options, token, created)
-
-
-def _positive_int(text: str) -> int:
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must not be negative")
-    return value
-
-
-def _mix(text: str) -> dict[str, int]:
-    mix: dict[str, int] = {}
-    for part in text.split(","):
-        kind, _, weight = part.partition("=")
-        kind = kind.strip()
-        if kind not in KINDS or not weight.strip().isdigit():
-            raise argparse.ArgumentTypeError(
-                f"{part!r}: expected KIND=WEIGHT with KIND one of {', '.join(KINDS)}"
-            )
-        mix[kind] = int(weight)
-    return mix
-
-
-def _route(text: str) -> tuple[str, str]:
-    method, _, path = text.strip().partition(" ")
-    if not method or not path.strip():
-        raise argparse.ArgumentTypeError(f'{text!r}: expected "METHOD PATH"')
-    return method, path.strip()
-
-
-def progress_stream() -> TextIO | None:
-    """stderr when it is a terminal, else ``None`` (no bar in logs and pipes)."""
-    return sys.stderr if sys.stderr.isatty() else None

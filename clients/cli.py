@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients import _loadtest
+from clients import _loadtest_cli
 from clients._authorize import AuthorizeClient, Decision
 from clients._channel import DEFAULT_TARGET, SERVER_ENV, ChannelOptions
 from clients._exceptions import (
@@ -36,6 +36,7 @@ from clients._exceptions import (
     Unavailable,
 )
 from clients._key_admin import DEFAULT_ADMIN_TIMEOUT, KeyAdminClient
+from clients._loadtest import PlanError, format_table
 from clients.devtoken import DEFAULT_DEV_TOKEN_TTL_SECONDS, dev_signing_key_path, mint_dev_token
 from voiso.apikeys.v1 import api_key_pb2
 
@@ -272,20 +273,20 @@ def _add_loadtest(commands: Commands, global_options: argparse.ArgumentParser) -
         "loadtest",
         summary="send many concurrent checks and report throughput, latency and answers",
     )
-    _loadtest.add_arguments(loadtest)
+    _loadtest_cli.add_arguments(loadtest)
 
     def handler(args: argparse.Namespace) -> int:
         token = args.token or os.environ.get(TOKEN_ENV)
         if not token and not args.keys:
             raise UsageError(f"loadtest: give --key, or an admin token (--token or {TOKEN_ENV})")
         try:
-            result = asyncio.run(_loadtest.run_command(args, _channel_options(args), token))
-        except _loadtest.PlanError as exc:
+            result = asyncio.run(_loadtest_cli.run_command(args, _channel_options(args), token))
+        except PlanError as exc:
             raise UsageError(f"loadtest: {exc}") from exc
         if args.json:
             _print_json(result.as_dict())
         else:
-            print(_loadtest.format_table(result))
+            print(format_table(result))
         return 0
 
     loadtest.set_defaults(handler=handler)
