@@ -330,6 +330,27 @@ async def test_find_by_lookup_hash_spans_contact_centers(store: KeyStore) -> Non
     assert await store.find_by_lookup_hash(other.lookup_hash) == other
 
 
+async def test_a_lookup_by_hash_sees_each_mutation_once_it_returns(
+    store: KeyStore, make_key: KeyFactory
+) -> None:
+    # Each lookup comes before the next mutation, so an implementation that
+    # keeps answers (the cache) must let go of them when the key changes.
+    key = make_key(scopes=("users.read",))
+    assert await store.find_by_lookup_hash(key.lookup_hash) is None
+
+    created = await store.create_key(key, max_keys=LIMIT)
+    assert await store.find_by_lookup_hash(key.lookup_hash) == created
+
+    updated = await store.update_key(
+        "cc-1", key.id, KeyChanges(scopes=("campaigns.read",)), actor_id="a", time=T1
+    )
+    assert updated is not None
+    assert await store.find_by_lookup_hash(key.lookup_hash) == updated[1]
+
+    await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
+    assert await store.find_by_lookup_hash(key.lookup_hash) is None
+
+
 async def test_lookup_hash_is_never_reused(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(make_key(), max_keys=LIMIT)
 
