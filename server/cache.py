@@ -15,7 +15,8 @@ entries still within their TTL keep answering; everything else raises
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from cachetools import TTLCache
@@ -41,10 +42,15 @@ class CachedKeyStore:
         size: int,
         negative_ttl: float,
         negative_size: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``ttl`` and ``negative_ttl`` are seconds of ``clock``, which both
+        caches read to expire entries; tests pass a clock they move."""
         self._store = store
-        self._found: TTLCache[bytes, KeyRecord] = TTLCache(maxsize=size, ttl=ttl)
-        self._unknown: TTLCache[bytes, bool] = TTLCache(maxsize=negative_size, ttl=negative_ttl)
+        self._found: TTLCache[bytes, KeyRecord] = TTLCache(maxsize=size, ttl=ttl, timer=clock)
+        self._unknown: TTLCache[bytes, bool] = TTLCache(
+            maxsize=negative_size, ttl=negative_ttl, timer=clock
+        )
         self._inflight: dict[bytes, asyncio.Task[KeyRecord | None]] = {}
         # Bumped on every invalidation so that a lookup which started before
         # it cannot put the stale answer back into the cache.

@@ -5,6 +5,10 @@ fresh PostgreSQL database (created for the test, dropped after it). When
 PostgreSQL cannot be reached the PostgreSQL run is skipped, or fails when the
 ``CI`` environment variable is set. ``APIKEYS_TEST_POSTGRES`` overrides the
 server to use (a libpq URL of a user allowed to create databases).
+
+``store`` runs a test once per backend and per ``KeyStore`` implementation
+(the SQL store, and the cache around it); ``sql_store`` is the SQL store
+alone, for what only it offers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from server.cache import CachedKeyStore
 from server.domain.records import KeyRecord
+from server.domain.store import KeyStore
 from server.store import SqlKeyStore, open_store
 from tests.harness import SHARED_SECRETS, Harness, running_server
 from tests.pg_cluster import ThrowawayCluster
@@ -97,13 +103,33 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlKeyStore]:
-    """A migrated store on each backend, closed after the test."""
+async def sql_store(database_url: str) -> AsyncIterator[SqlKeyStore]:
+    """A migrated SQL store on each backend, closed after the test."""
     opened = await open_store(database_url)
     try:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(
+    params=[pytest.param("sql", id="SqlKeyStore"), pytest.param("cached", id="CachedKeyStore")]
+)
+async def store(request: pytest.FixtureRequest, sql_store: SqlKeyStore) -> AsyncIterator[KeyStore]:
+    """Every ``KeyStore`` implementation on each backend: the SQL store, and
+    the cache wrapping it, which must keep the same contract."""
+    if request.param == "sql":
+        yield sql_store
+        return
+    # A clock that never moves: nothing expires during the test, so any stale
+    # answer the cache held on to would reach the assertions.
+    cache = CachedKeyStore(
+        sql_store, ttl=60, size=1000, negative_ttl=60, negative_size=1000, clock=lambda: 0.0
+    )
+    try:
+        yield cache
+    finally:
+        await cache.close()
 
 
 BASE_TIME = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

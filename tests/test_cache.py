@@ -4,6 +4,8 @@ whose lookups can be held open."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,8 +34,32 @@ class HeldStore:
         pass
 
 
-def cache_over(store: HeldStore) -> CachedKeyStore:
-    return CachedKeyStore(store, ttl=30, size=10, negative_ttl=5, negative_size=10)  # type: ignore[arg-type]
+class ManualClock:
+    """Monotonic seconds that pass only when the test advances them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+TTL = 30
+NEGATIVE_TTL = 5
+
+
+def cache_over(store: HeldStore, clock: Callable[[], float] = time.monotonic) -> CachedKeyStore:
+    return CachedKeyStore(
+        store,  # type: ignore[arg-type]
+        ttl=TTL,
+        size=10,
+        negative_ttl=NEGATIVE_TTL,
+        negative_size=10,
+        clock=clock,
+    )
 
 
 async def test_concurrent_misses_share_one_lookup(make_key: KeyFactory) -> None:
@@ -97,7 +123,8 @@ async def test_a_lookup_under_way_during_an_invalidation_is_not_joined_or_kept(
 async def test_cached_answers_only_from_memory_within_the_ttl(make_key: KeyFactory) -> None:
     record = make_key()
     store = HeldStore(record)
-    cache = CachedKeyStore(store, ttl=0.2, size=10, negative_ttl=5, negative_size=10)  # type: ignore[arg-type]
+    clock = ManualClock()
+    cache = cache_over(store, clock)
     assert cache.cached(b"h") is None
     assert store.lookups == 0  # a miss is an answer from memory too
     store.release.set()
@@ -106,8 +133,28 @@ async def test_cached_answers_only_from_memory_within_the_ttl(make_key: KeyFacto
     cache.invalidate([b"h"])
     assert cache.cached(b"h") is None
     assert await cache.find_by_lookup_hash(b"h") is record
-    await asyncio.sleep(0.3)
+    clock.advance(TTL - 1)
+    assert cache.cached(b"h") is record
+    clock.advance(1)
     assert cache.cached(b"h") is None
+    assert store.lookups == 2
+
+
+async def test_a_key_unknown_here_is_found_once_the_negative_ttl_has_passed(
+    make_key: KeyFactory,
+) -> None:
+    store = HeldStore(None)
+    store.release.set()
+    clock = ManualClock()
+    cache = cache_over(store, clock)
+    assert await cache.find_by_lookup_hash(b"h") is None
+    record = make_key()
+    store.answer = record  # e.g. created through another replica
+    clock.advance(NEGATIVE_TTL - 1)
+    assert await cache.find_by_lookup_hash(b"h") is None
+    assert store.lookups == 1
+    clock.advance(1)
+    assert await cache.find_by_lookup_hash(b"h") is record
     assert store.lookups == 2
 
 

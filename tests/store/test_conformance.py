@@ -1,4 +1,9 @@
-"""The ``KeyStore`` contract, on every backend of ``database_url``."""
+"""The ``KeyStore`` contract, on every backend of ``database_url`` and for
+every implementation: the SQL store and the cache wrapping it.
+
+The change feed is the SQL store's alone (the cache follows it rather than
+offering it), so the tests at the end read it from ``sql_store``, the store
+under the implementation being tested."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pytest
 
 from server.domain.errors import KeyCollision, KeyLimitExceeded, StoreUnavailable
 from server.domain.records import AuditAction, ChangeKind, KeyChanges, KeyCursor, KeyRecord
+from server.domain.store import KeyStore
 from server.store import SqlKeyStore, check_database_url, open_store
 from tests.conftest import BASE_TIME, KeyFactory
 
@@ -20,7 +26,7 @@ T1 = BASE_TIME + timedelta(days=1)
 T2 = BASE_TIME + timedelta(days=2)
 
 
-async def test_created_key_reads_back_unchanged(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_created_key_reads_back_unchanged(store: KeyStore, make_key: KeyFactory) -> None:
     key = make_key(
         name="Reporting bot",
         description="nightly CDR export",
@@ -37,7 +43,7 @@ async def test_created_key_reads_back_unchanged(store: SqlKeyStore, make_key: Ke
     assert created.create_time.utcoffset() == timedelta(0)
 
 
-async def test_create_records_a_created_event(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_create_records_a_created_event(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(
         make_key(name="n", description="d", created_by="admin-7"), max_keys=LIMIT
     )
@@ -55,7 +61,7 @@ async def test_create_records_a_created_event(store: SqlKeyStore, make_key: KeyF
     assert (event.old_name, event.old_description, event.old_scopes) == ("", "", ())
 
 
-async def test_another_centers_key_is_invisible(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_another_centers_key_is_invisible(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(make_key(), max_keys=LIMIT)
 
     assert await store.get_key("cc-2", key.id) is None
@@ -73,7 +79,7 @@ async def test_another_centers_key_is_invisible(store: SqlKeyStore, make_key: Ke
     assert [e.action for e in own_audit.events] == [AuditAction.CREATED]
 
 
-async def test_unknown_key_is_none_everywhere(store: SqlKeyStore) -> None:
+async def test_unknown_key_is_none_everywhere(store: KeyStore) -> None:
     assert await store.get_key("cc-1", "key_missing") is None
     assert (
         await store.update_key("cc-1", "key_missing", KeyChanges(), actor_id="a", time=T1) is None
@@ -86,7 +92,7 @@ async def test_unknown_key_is_none_everywhere(store: SqlKeyStore) -> None:
 
 
 async def test_list_is_newest_first_with_total_and_has_more(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, make_key: KeyFactory
 ) -> None:
     keys = [await store.create_key(make_key(), max_keys=LIMIT) for _ in range(5)]
     await store.create_key(KeyFactory("cc-2")(), max_keys=LIMIT)
@@ -103,9 +109,7 @@ async def test_list_is_newest_first_with_total_and_has_more(
     assert (rest.total_size, rest.has_more) == (5, False)
 
 
-async def test_ties_in_create_time_are_ordered_by_id(
-    store: SqlKeyStore, make_key: KeyFactory
-) -> None:
+async def test_ties_in_create_time_are_ordered_by_id(store: KeyStore, make_key: KeyFactory) -> None:
     keys = [
         await store.create_key(make_key(id=f"key_{n}", create_time=BASE_TIME), max_keys=LIMIT)
         for n in (3, 1, 2)
@@ -124,7 +128,7 @@ async def test_ties_in_create_time_are_ordered_by_id(
 
 
 async def test_query_matches_name_or_description_ignoring_case(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, make_key: KeyFactory
 ) -> None:
     by_name = await store.create_key(make_key(name="Billing EXPORT"), max_keys=LIMIT)
     by_description = await store.create_key(
@@ -155,7 +159,7 @@ async def test_query_matches_name_or_description_ignoring_case(
     ],
 )
 async def test_query_takes_like_wildcards_literally(
-    store: SqlKeyStore, make_key: KeyFactory, query: str, expected: set[str]
+    store: KeyStore, make_key: KeyFactory, query: str, expected: set[str]
 ) -> None:
     for name in ("100% coverage", "snake_case", "back\\slash", "odd\\%", "plain", "1000 x"):
         await store.create_key(make_key(name=name), max_keys=LIMIT)
@@ -166,7 +170,7 @@ async def test_query_takes_like_wildcards_literally(
 
 
 async def test_paging_has_no_gaps_or_duplicates_while_keys_change(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, make_key: KeyFactory
 ) -> None:
     # Some keys share a create time so the id tie-break is exercised.
     originals = [
@@ -204,7 +208,7 @@ async def test_paging_has_no_gaps_or_duplicates_while_keys_change(
 
 
 async def test_update_applies_changes_and_records_them(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, make_key: KeyFactory
 ) -> None:
     key = await store.create_key(
         make_key(name="old", description="desc", scopes=("users.read",)), max_keys=LIMIT
@@ -237,9 +241,7 @@ async def test_update_applies_changes_and_records_them(
     assert (event.old_description, event.new_description) == ("", "")
 
 
-async def test_update_finds_renamed_key_by_new_name(
-    store: SqlKeyStore, make_key: KeyFactory
-) -> None:
+async def test_update_finds_renamed_key_by_new_name(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(make_key(name="alpha"), max_keys=LIMIT)
 
     await store.update_key(
@@ -251,7 +253,7 @@ async def test_update_finds_renamed_key_by_new_name(
     assert found.keys[0].name == "alpha"
 
 
-async def test_delete_revokes_and_keeps_history(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_delete_revokes_and_keeps_history(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(
         make_key(name="gone", description="soon", scopes=("users.read",)), max_keys=LIMIT
     )
@@ -279,7 +281,7 @@ async def test_delete_revokes_and_keeps_history(store: SqlKeyStore, make_key: Ke
 
 
 async def test_reveal_returns_the_secret_and_is_audited(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, make_key: KeyFactory
 ) -> None:
     key = await store.create_key(make_key(), max_keys=LIMIT)
 
@@ -298,9 +300,7 @@ async def test_reveal_returns_the_secret_and_is_audited(
     )
 
 
-async def test_audit_pages_by_id_and_filters_by_key(
-    store: SqlKeyStore, make_key: KeyFactory
-) -> None:
+async def test_audit_pages_by_id_and_filters_by_key(store: KeyStore, make_key: KeyFactory) -> None:
     first = await store.create_key(make_key(), max_keys=LIMIT)
     second = await store.create_key(make_key(), max_keys=LIMIT)
     for n in range(3):
@@ -324,13 +324,34 @@ async def test_audit_pages_by_id_and_filters_by_key(
     assert [(e.key_id, e.action) for e in of_second.events] == [(second.id, AuditAction.CREATED)]
 
 
-async def test_find_by_lookup_hash_spans_contact_centers(store: SqlKeyStore) -> None:
+async def test_find_by_lookup_hash_spans_contact_centers(store: KeyStore) -> None:
     other = await store.create_key(KeyFactory("cc-2")(), max_keys=LIMIT)
 
     assert await store.find_by_lookup_hash(other.lookup_hash) == other
 
 
-async def test_lookup_hash_is_never_reused(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_a_lookup_by_hash_sees_each_mutation_once_it_returns(
+    store: KeyStore, make_key: KeyFactory
+) -> None:
+    # Each lookup comes before the next mutation, so an implementation that
+    # keeps answers (the cache) must let go of them when the key changes.
+    key = make_key(scopes=("users.read",))
+    assert await store.find_by_lookup_hash(key.lookup_hash) is None
+
+    created = await store.create_key(key, max_keys=LIMIT)
+    assert await store.find_by_lookup_hash(key.lookup_hash) == created
+
+    updated = await store.update_key(
+        "cc-1", key.id, KeyChanges(scopes=("campaigns.read",)), actor_id="a", time=T1
+    )
+    assert updated is not None
+    assert await store.find_by_lookup_hash(key.lookup_hash) == updated[1]
+
+    await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
+    assert await store.find_by_lookup_hash(key.lookup_hash) is None
+
+
+async def test_lookup_hash_is_never_reused(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(make_key(), max_keys=LIMIT)
 
     with pytest.raises(KeyCollision):
@@ -342,7 +363,7 @@ async def test_lookup_hash_is_never_reused(store: SqlKeyStore, make_key: KeyFact
     assert (await store.list_keys("cc-1", query="", after=None, limit=10)).total_size == 0
 
 
-async def test_duplicate_live_id_is_refused(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_duplicate_live_id_is_refused(store: KeyStore, make_key: KeyFactory) -> None:
     key = await store.create_key(make_key(), max_keys=LIMIT)
 
     with pytest.raises(KeyCollision):
@@ -350,7 +371,7 @@ async def test_duplicate_live_id_is_refused(store: SqlKeyStore, make_key: KeyFac
     assert (await store.list_keys("cc-1", query="", after=None, limit=10)).keys == (key,)
 
 
-async def test_limit_counts_live_keys_only(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_limit_counts_live_keys_only(store: KeyStore, make_key: KeyFactory) -> None:
     keys = [await store.create_key(make_key(), max_keys=3) for _ in range(3)]
     # A refused create (duplicate hash) must not use up a slot either.
     with pytest.raises(KeyCollision):
@@ -369,7 +390,7 @@ async def test_limit_counts_live_keys_only(store: SqlKeyStore, make_key: KeyFact
 
 
 async def test_concurrent_creates_never_exceed_the_limit(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, make_key: KeyFactory
 ) -> None:
     results = await asyncio.gather(
         *(store.create_key(make_key(), max_keys=LIMIT) for _ in range(100)),
@@ -382,7 +403,7 @@ async def test_concurrent_creates_never_exceed_the_limit(
 
 
 async def test_concurrent_creates_through_two_stores_never_exceed_the_limit(
-    store: SqlKeyStore, database_url: str, make_key: KeyFactory
+    store: KeyStore, database_url: str, make_key: KeyFactory
 ) -> None:
     second = await open_store(database_url, migrate=False)
     try:
@@ -400,7 +421,7 @@ async def test_concurrent_creates_through_two_stores_never_exceed_the_limit(
     assert sum(isinstance(r, KeyLimitExceeded) for r in results) == 100 - LIMIT
 
 
-async def test_last_used_only_moves_forward(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_last_used_only_moves_forward(store: KeyStore, make_key: KeyFactory) -> None:
     first = await store.create_key(make_key(), max_keys=LIMIT)
     second = await store.create_key(make_key(), max_keys=LIMIT)
 
@@ -417,7 +438,7 @@ async def test_last_used_only_moves_forward(store: SqlKeyStore, make_key: KeyFac
     assert got_first.update_time == first.update_time
 
 
-async def test_naive_times_are_refused(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_naive_times_are_refused(store: KeyStore, make_key: KeyFactory) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.create_key(make_key(create_time=BASE_TIME.replace(tzinfo=None)), max_keys=1)
 
@@ -522,15 +543,17 @@ def _with(key: KeyRecord, **changes: object) -> KeyRecord:
 
 
 async def test_every_mutation_appends_to_the_change_feed(
-    store: SqlKeyStore, make_key: KeyFactory
+    store: KeyStore, sql_store: SqlKeyStore, make_key: KeyFactory
 ) -> None:
-    before = await store.latest_change()
+    """Mutations go through every implementation; the feed is read from the
+    SQL store under it, the only one that offers the feed."""
+    before = await sql_store.latest_change()
     key = await store.create_key(make_key(), max_keys=LIMIT)
     await store.update_key("cc-1", key.id, KeyChanges(name="n"), actor_id="a", time=T1)
     await store.reveal_key("cc-1", key.id, actor_id="a", time=T1)
     await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
 
-    page = await store.changes_after(before, limit=10)
+    page = await sql_store.changes_after(before, limit=10)
 
     assert [(c.kind, c.lookup_hash) for c in page.changes] == [
         (ChangeKind.CREATED, key.lookup_hash),
@@ -538,34 +561,41 @@ async def test_every_mutation_appends_to_the_change_feed(
         (ChangeKind.DELETED, key.lookup_hash),
     ]
     assert [c.seq for c in page.changes] == sorted({c.seq for c in page.changes})
-    assert await store.latest_change() == page.changes[-1].seq
-    assert (await store.changes_after(page.changes[0].seq, limit=1)).changes == page.changes[1:2]
+    assert await sql_store.latest_change() == page.changes[-1].seq
+    second_only = await sql_store.changes_after(page.changes[0].seq, limit=1)
+    assert second_only.changes == page.changes[1:2]
 
 
-async def test_a_failed_mutation_appends_nothing(store: SqlKeyStore, make_key: KeyFactory) -> None:
+async def test_a_failed_mutation_appends_nothing(
+    store: KeyStore, sql_store: SqlKeyStore, make_key: KeyFactory
+) -> None:
+    """Mutations go through every implementation; the feed is read from the
+    SQL store under it, the only one that offers the feed."""
     key = await store.create_key(make_key(), max_keys=LIMIT)
-    latest = await store.latest_change()
+    latest = await sql_store.latest_change()
 
     with pytest.raises(KeyCollision):
         await store.create_key(make_key(lookup_hash=key.lookup_hash), max_keys=LIMIT)
     assert await store.delete_key("cc-1", "key_missing", actor_id="a", time=T1) is None
 
-    assert await store.latest_change() == latest
+    assert await sql_store.latest_change() == latest
 
 
 async def test_pruning_removes_old_changes_and_marks_how_far(
-    store: SqlKeyStore, make_key: KeyFactory
+    sql_store: SqlKeyStore, make_key: KeyFactory
 ) -> None:
-    await store.create_key(make_key(), max_keys=LIMIT)
-    latest = await store.latest_change()
+    """SQL store only: pruning is part of the change feed, which the cache
+    follows rather than offers."""
+    await sql_store.create_key(make_key(), max_keys=LIMIT)
+    latest = await sql_store.latest_change()
 
-    assert await store.prune_changes(datetime.now(UTC) - timedelta(hours=1)) == 0
-    assert await store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 1
-    assert await store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 0
+    assert await sql_store.prune_changes(datetime.now(UTC) - timedelta(hours=1)) == 0
+    assert await sql_store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await sql_store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 0
 
-    page = await store.changes_after(0, limit=10)
+    page = await sql_store.changes_after(0, limit=10)
     assert page.changes == () and page.pruned_through == latest
-    assert await store.latest_change() == latest
-    newer = await store.create_key(make_key(), max_keys=LIMIT)
-    [change] = (await store.changes_after(latest, limit=10)).changes
+    assert await sql_store.latest_change() == latest
+    newer = await sql_store.create_key(make_key(), max_keys=LIMIT)
+    [change] = (await sql_store.changes_after(latest, limit=10)).changes
     assert change.seq > latest and change.lookup_hash == newer.lookup_hash
