@@ -12,11 +12,8 @@ signs tokens with the private half.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from server.domain.errors import Unauthenticated
 from server.domain.permissions import Actor
+from server.files import publish_new_file, replace_file
 
 DEV_SIGNING_KEY_FILE: Final = "dev-admin-signing-key.pem"
 """File name of the development signing key in the data directory (PKCS8 PEM, mode 0600)."""
@@ -188,7 +186,12 @@ def ensure_dev_key_pair(data_dir: Path) -> Path:
     signing_path = data_dir / DEV_SIGNING_KEY_FILE
     public_path = data_dir / DEV_PUBLIC_KEY_FILE
     if not signing_path.exists():
-        _publish_private_key(signing_path, ed25519.Ed25519PrivateKey.generate())
+        pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        publish_new_file(signing_path, pem)
     private_key = serialization.load_pem_private_key(signing_path.read_bytes(), password=None)
     if not isinstance(private_key, ed25519.Ed25519PrivateKey):
         raise ValueError(f"{signing_path}: not an Ed25519 private key")
@@ -196,40 +199,8 @@ def ensure_dev_key_pair(data_dir: Path) -> Path:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     if not public_path.exists() or public_path.read_bytes() != public_pem:
-        _replace_file(public_path, public_pem)
+        replace_file(public_path, public_pem, mode=0o644)
     return public_path
-
-
-def _publish_private_key(path: Path, key: ed25519.Ed25519PrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
-        # link() refuses an existing target: the first server to publish wins.
-        with contextlib.suppress(FileExistsError):
-            os.link(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
-def _replace_file(path: Path, content: bytes) -> None:
-    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-        os.chmod(staging, 0o644)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
 
 
 def _parse_pem(text: str) -> list[VerificationKey]:

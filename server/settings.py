@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Generic, NoReturn, TypeVar
 
 from server.domain.keys import parse_encryption_keys, parse_hmac_secret
+from server.files import publish_new_file
 from server.store import check_database_url
 
 log = logging.getLogger(__name__)
@@ -355,22 +356,11 @@ def _generated_secret(path: Path, make: Callable[[], str]) -> str:
     except OSError as exc:
         raise SettingsError("--data-dir", f"cannot read {path}: {exc.strerror}") from exc
     value = make()
-    # Written in full under a private name, then published with link(),
-    # which refuses an existing name: of processes starting together on one
-    # data directory exactly one publishes, and none reads a half-written file.
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets_module.token_hex(4)}")
     try:
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(value + "\n")
-        try:
-            os.link(staging, path)
-        except FileExistsError:
+        if not publish_new_file(path, (value + "\n").encode()):
             return path.read_text().strip()
     except OSError as exc:
         raise SettingsError("--data-dir", f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        staging.unlink(missing_ok=True)
     log.warning(
         "generated a development secret; production must supply its own",
         extra={"file": str(path)},
