@@ -76,10 +76,11 @@ class Secret(Generic[T]):
 class Option(Generic[T]):
     """How one setting is given: ``--flag``, ``APIKEYS_FLAG``, or its default.
 
-    ``parse`` turns the text into the setting's value, raising ``ValueError``
-    with a reason that never quotes a secret. ``help`` is markdown, the
-    README's wording; ``shown_default`` is what the README says happens when
-    the option is unset.
+    ``name`` is the ``Settings`` field the option sets. ``parse`` turns the
+    text into the setting's value, raising ``ValueError`` with a reason that
+    never quotes a secret. ``help`` is markdown, the README's wording;
+    ``shown_default`` is what the README says happens when the option is
+    unset.
     """
 
     name: str
@@ -133,8 +134,9 @@ def option(
     means.
     """
     value = unset if default is None else parse(default)
-    shown = f"`{default}`" if default is not None else shown_default
-    declared = Option(name="", parse=parse, help=help, shown_default=shown or "unset")
+    shown = f"`{default}`" if default is not None else str(shown_default)
+    # The name is the field's, which is known only once Settings is made.
+    declared = Option(name="", parse=parse, help=help, shown_default=shown)
     return dataclasses.field(default=value, metadata={_OPTION: declared})
 
 
