@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install install-runtime serve test lint generate check-generated postgres bench h2load clean
+.PHONY: install install-runtime serve test lint settings-table generate check-generated postgres bench h2load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server clients
+
+## Rewrites the README's Configuration table from the option declarations.
+settings-table: $(STAMP)
+	$(PY) -m server.settings --write-readme README.md
 
 generate: $(STAMP)
 	rm -rf generated/voiso

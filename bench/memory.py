@@ -24,12 +24,9 @@ from typing import Any
 from server.cache import CachedKeyStore
 from server.domain.keys import KeyHasher, generate_key
 from server.domain.records import KeyRecord
-from server.settings import (
-    DEFAULT_CACHE_SIZE,
-    DEFAULT_CACHE_TTL,
-    DEFAULT_NEGATIVE_CACHE_SIZE,
-    DEFAULT_NEGATIVE_CACHE_TTL,
-)
+from server.settings import Settings
+
+DEFAULTS = Settings()
 
 SCOPES = ("campaigns.manage", "reporting.cdrs.read", "users.read")
 
@@ -66,10 +63,10 @@ def _cache(store: object) -> CachedKeyStore:
     # TTLs far beyond the measurement, so no entry expires while it is counted.
     return CachedKeyStore(
         store,  # type: ignore[arg-type]
-        ttl=DEFAULT_CACHE_TTL * 100,
-        size=DEFAULT_CACHE_SIZE,
-        negative_ttl=DEFAULT_NEGATIVE_CACHE_TTL * 100,
-        negative_size=DEFAULT_NEGATIVE_CACHE_SIZE,
+        ttl=DEFAULTS.cache_ttl * 100,
+        size=DEFAULTS.cache_size,
+        negative_ttl=DEFAULTS.negative_cache_ttl * 100,
+        negative_size=DEFAULTS.negative_cache_size,
     )
 
 
@@ -109,7 +106,7 @@ async def measure(keys: int) -> dict[str, Any]:
         "traced_per_entry_bytes": per_entry,
         "negative_traced_per_entry_bytes": negative_per_entry,
         "bound_mib": (
-            per_entry * DEFAULT_CACHE_SIZE + negative_per_entry * DEFAULT_NEGATIVE_CACHE_SIZE
+            per_entry * DEFAULTS.cache_size + negative_per_entry * DEFAULTS.negative_cache_size
         )
         / 2**20,
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -34,11 +34,17 @@ WORKER_STOP_ALLOWANCE_S = 15.0
 T = TypeVar("T")
 
 
-def main(argv: Sequence[str] | None = None, *, wiring: Wiring | None = None) -> int:
-    """Runs ``apikeys-server``; returns the exit status. ``wiring`` replaces
-    the parts the server is built from (benchmarks run variants this way)."""
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    wiring: Wiring | None = None,
+) -> int:
+    """Runs ``apikeys-server`` with ``argv`` and ``environ`` (by default the
+    process's own); returns the exit status. ``wiring`` replaces the parts
+    the server is built from (benchmarks run variants this way)."""
     try:
-        settings = load_settings(argv)
+        settings = load_settings(argv, environ)
     except SettingsError as exc:
         print(f"apikeys-server: error: {exc}", file=sys.stderr)
         return 2

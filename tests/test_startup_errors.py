@@ -1,30 +1,71 @@
 """A bad option stops the server at start: one line naming the option,
-exit status 2, no traceback."""
+exit status 2, no traceback.
+
+The cases call the entry point in this process; two run ``python -m server``
+to prove that the real command exits the same way."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from server.cli import main
 
-def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+
+@dataclass(frozen=True)
+class Exit:
+    """How a start ended: its exit status and what it wrote to stderr."""
+
+    status: object
+    stderr: str
+
+
+Start = Callable[..., Exit]
+
+
+@pytest.fixture
+def start(capsys: pytest.CaptureFixture[str]) -> Iterator[Start]:
+    """Runs the entry point with the given arguments and only the given
+    ``APIKEYS_*`` variables, so a developer's own cannot change the case."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Exit:
+        try:
+            status: object = main(list(args), environ=env or {})
+        except SystemExit as exc:
+            # argparse refuses an unknown flag by exiting.
+            status = exc.code
+        return Exit(status=status, stderr=capsys.readouterr().err)
+
+    # The entry point sends the root logger to stderr; later tests keep theirs.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield run
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _start_process(*args: str) -> Exit:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("APIKEYS_")}
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "server", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**clean, **(env or {})},
+        env=clean,
         check=False,
     )
+    return Exit(status=result.returncode, stderr=result.stderr)
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess[str], option: str) -> None:
-    assert result.returncode == 2, result.stderr
+def _assert_one_line_error(result: Exit, option: str) -> None:
+    assert result.status == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert option in lines[0]
@@ -53,26 +94,26 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], option: str
     ],
 )
 def test_bad_values_stop_the_server_naming_the_option(
-    tmp_path: Path, args: list[str], env: dict[str, str], option: str
+    start: Start, tmp_path: Path, args: list[str], env: dict[str, str], option: str
 ) -> None:
-    result = _start("--data-dir", str(tmp_path / "var"), *args, env=env)
+    result = start("--data-dir", str(tmp_path / "var"), *args, env=env)
     _assert_one_line_error(result, option)
 
 
-def test_unknown_flag_is_one_line_and_status_2(tmp_path: Path) -> None:
-    result = _start("--data-dir", str(tmp_path / "var"), "--no-such-flag")
+def test_unknown_flag_is_one_line_and_status_2(start: Start, tmp_path: Path) -> None:
+    result = start("--data-dir", str(tmp_path / "var"), "--no-such-flag")
     _assert_one_line_error(result, "--no-such-flag")
 
 
-def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+def test_data_dir_that_is_a_file_is_refused(start: Start, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    _assert_one_line_error(_start("--data-dir", str(not_a_dir)), "--data-dir")
-    _assert_one_line_error(_start("--data-dir", str(not_a_dir / "below")), "--data-dir")
+    _assert_one_line_error(start("--data-dir", str(not_a_dir)), "--data-dir")
+    _assert_one_line_error(start("--data-dir", str(not_a_dir / "below")), "--data-dir")
 
 
-def test_postgres_without_secrets_is_refused(tmp_path: Path) -> None:
-    result = _start(
+def test_postgres_without_secrets_is_refused(start: Start, tmp_path: Path) -> None:
+    result = start(
         "--data-dir",
         str(tmp_path / "var"),
         "--database-url",
@@ -81,11 +122,21 @@ def test_postgres_without_secrets_is_refused(tmp_path: Path) -> None:
     _assert_one_line_error(result, "--hmac-secret")
 
 
-def test_malformed_route_file_names_file_and_line(tmp_path: Path) -> None:
+def test_malformed_route_file_names_file_and_line(start: Start, tmp_path: Path) -> None:
     routes = tmp_path / "routes.txt"
     routes.write_text(
         "GET /api/v4/users users.read confirmed\nGET /api/v4/x no.such.scope confirmed\n"
     )
-    result = _start("--data-dir", str(tmp_path / "var"), "--routes", str(routes))
+    result = start("--data-dir", str(tmp_path / "var"), "--routes", str(routes))
     _assert_one_line_error(result, "--routes")
     assert f"{routes}:2" in result.stderr
+
+
+def test_the_command_exits_2_with_one_line_for_a_bad_value(tmp_path: Path) -> None:
+    result = _start_process("--data-dir", str(tmp_path / "var"), "--listen", "127.0.0.1:70000")
+    _assert_one_line_error(result, "--listen")
+
+
+def test_the_command_exits_2_with_one_line_for_an_unknown_flag(tmp_path: Path) -> None:
+    result = _start_process("--data-dir", str(tmp_path / "var"), "--no-such-flag")
+    _assert_one_line_error(result, "--no-such-flag")

@@ -170,21 +170,8 @@ class KeyCipher:
     __slots__ = ("_primary", "_ring")
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
-        if not keys:
-            raise ValueError("the encryption key ring needs at least one key")
-        ring: dict[str, AESGCM] = {}
-        for position, (key_id, key) in enumerate(keys, start=1):
-            if not _KEY_ID.fullmatch(key_id):
-                raise ValueError(f"the id of encryption key {position} must be {_KEY_ID_RULE}")
-            if key_id in ring:
-                raise ValueError(f"encryption key id {key_id!r} appears more than once")
-            if len(key) != ENCRYPTION_KEY_BYTES:
-                raise ValueError(
-                    f"encryption key {key_id!r} must be {ENCRYPTION_KEY_BYTES} bytes "
-                    f"(AES-256), got {len(key)}"
-                )
-            ring[key_id] = AESGCM(key)
-        self._ring = ring
+        check_key_ring(keys)
+        self._ring = {key_id: AESGCM(key) for key_id, key in keys}
         self._primary = keys[0][0]
 
     @property
@@ -233,36 +220,48 @@ def _decode_base64(value: str) -> bytes | None:
         return None
 
 
+def check_key_ring(keys: Sequence[tuple[str, bytes]]) -> None:
+    """Refuses a key ring ``KeyCipher`` cannot use: empty, an id that is not
+    1-32 id characters, an id given twice, or a key that is not 32 bytes.
+
+    The ``ValueError`` names keys by position or id, never quoting key
+    material; an id is quoted only once it has the id format, so a key pasted
+    where its id belongs is never shown.
+    """
+    if not keys:
+        raise ValueError("the encryption key ring needs at least one key")
+    seen: set[str] = set()
+    for position, (key_id, key) in enumerate(keys, start=1):
+        if not _KEY_ID.fullmatch(key_id):
+            raise ValueError(f"the id of encryption key {position} must be {_KEY_ID_RULE}")
+        if key_id in seen:
+            raise ValueError(f"encryption key id {key_id!r} appears more than once")
+        if len(key) != ENCRYPTION_KEY_BYTES:
+            raise ValueError(
+                f"encryption key {key_id!r} must be {ENCRYPTION_KEY_BYTES} bytes "
+                f"(AES-256), got {len(key)}"
+            )
+        seen.add(key_id)
+
+
 def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
     """Parses a key ring written as comma-separated ``id:base64`` entries,
-    primary first (the ``APIKEYS_ENCRYPTION_KEYS`` format).
+    primary first (the ``APIKEYS_ENCRYPTION_KEYS`` format), and checks it
+    as ``check_key_ring`` does.
 
     Raises ``ValueError`` naming the bad entry by position or id, never
     quoting key material.
     """
-    if not value.strip():
-        raise ValueError("no encryption keys given; expected comma-separated id:base64 entries")
     ring: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
-    for position, entry in enumerate(value.split(","), start=1):
+    for position, entry in enumerate(value.split(",") if value.strip() else (), start=1):
         key_id, separator, encoded = entry.partition(":")
-        key_id = key_id.strip()
         if not separator:
-            raise ValueError(f"encryption key entry {position} is not of the form id:base64")
-        if not _KEY_ID.fullmatch(key_id):
-            raise ValueError(f"encryption key entry {position}: the id must be {_KEY_ID_RULE}")
-        if key_id in seen:
-            raise ValueError(f"encryption key id {key_id!r} appears more than once")
+            raise ValueError(f"encryption key {position} is not of the form id:base64")
         key = _decode_base64(encoded.strip())
         if key is None:
-            raise ValueError(f"encryption key {key_id!r} is not valid base64")
-        if len(key) != ENCRYPTION_KEY_BYTES:
-            raise ValueError(
-                f"encryption key {key_id!r} must decode to {ENCRYPTION_KEY_BYTES} bytes "
-                f"(AES-256), got {len(key)}"
-            )
-        seen.add(key_id)
-        ring.append((key_id, key))
+            raise ValueError(f"encryption key {position} is not valid base64")
+        ring.append((key_id.strip(), key))
+    check_key_ring(ring)
     return ring
 
 
