@@ -1,4 +1,4 @@
-"""What admins do with their contact center's keys (contract sections 2, 4, 5).
+"""What admins do with their contact center's keys (docs/API.md, "KeyAdmin").
 
 Each operation checks the actor's permission, validates its input (every bad
 field reported at once), and scopes every store call by the actor's contact

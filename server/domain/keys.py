@@ -1,4 +1,4 @@
-"""API keys: their format, and how their secrets are kept (contract section 4).
+"""API keys: their format, and how their secrets are kept (docs/API.md, "Keys").
 
 A key is ``vsk_`` + 32 random bytes in base62 (43 characters) + a 6-character
 base62 CRC32 of everything before it, 53 characters in all. The checksum lets

@@ -1,4 +1,4 @@
-"""Who is calling KeyAdmin and what they may do (contract section 5)."""
+"""Who is calling KeyAdmin and what they may do (docs/API.md, "Admin tokens")."""
 
 from __future__ import annotations
 

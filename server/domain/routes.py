@@ -1,5 +1,5 @@
-"""The route table: which scopes allow which v4 method and path (contract
-section 3).
+"""The route table: which scopes allow which v4 method and path (docs/API.md,
+"Route table").
 
 The table is a line-oriented text file (the packaged default is
 ``data/routes.txt``, whose header describes the format), so every load error

@@ -1,4 +1,4 @@
-"""The scope catalog: what a key may be allowed to do (contract section 3).
+"""The scope catalog: what a key may be allowed to do (docs/API.md, "Scopes").
 
 A scope is ``<domain>.<resource>.<action>``. A ``*.manage`` scope also grants
 the matching ``*.read`` scope, as write implies read.

@@ -1,5 +1,5 @@
 """KeyAdmin over a real channel: every RPC's success path, every error of
-contract section 5, permissions alone with SAG on and off, tenancy, limits,
+docs/API.md's "KeyAdmin errors", permissions alone with SAG on and off, tenancy, limits,
 paging and secrecy."""
 
 from __future__ import annotations

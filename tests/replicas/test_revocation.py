@@ -1,5 +1,5 @@
 """A key deleted through one replica is refused by every replica within
-1 second (contract section 6), measured between two real server processes
+1 second (the README's replica section), measured between two real server processes
 sharing one database."""
 
 from __future__ import annotations
