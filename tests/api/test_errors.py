@@ -12,31 +12,26 @@ from server.api.errors import to_status
 from server.domain.errors import KeyCollision, StoreUnavailable
 
 
-def test_an_unmapped_domain_error_is_logged_and_answered_as_internal(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    ("error", "code", "logged"),
+    [
+        # A domain error nobody mapped is a bug like any other.
+        (KeyCollision("lookup hash of vsk_secretish already used"), grpc.StatusCode.INTERNAL, True),
+        (RuntimeError("connection to 10.0.0.7 refused"), grpc.StatusCode.INTERNAL, True),
+        (StoreUnavailable("timeout"), grpc.StatusCode.UNAVAILABLE, False),
+    ],
+    ids=["unmapped-domain-error", "library-error", "mapped-domain-error"],
+)
+def test_errors_are_answered_by_their_mapping_and_unmapped_ones_logged(
+    caplog: pytest.LogCaptureFixture, error: Exception, code: grpc.StatusCode, logged: bool
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="server.api.errors"):
-        status = to_status(KeyCollision("lookup hash vsk_secretish already used"))
-    assert status.code == grpc.StatusCode.INTERNAL
-    assert status.details == "internal error"
-    [record] = caplog.records
-    assert record.exc_info is not None and record.exc_info[0] is KeyCollision
-
-
-def test_a_library_error_is_logged_and_its_text_kept_from_the_caller(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.ERROR, logger="server.api.errors"):
-        status = to_status(RuntimeError("connection to 10.0.0.7 refused"))
-    assert status.code == grpc.StatusCode.INTERNAL
-    assert "10.0.0.7" not in status.details
-    assert len(caplog.records) == 1
-
-
-def test_a_mapped_domain_error_is_answered_without_an_error_log(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.ERROR, logger="server.api.errors"):
-        status = to_status(StoreUnavailable("timeout"))
-    assert status.code == grpc.StatusCode.UNAVAILABLE
-    assert caplog.records == []
+        status = to_status(error)
+    assert status.code == code
+    assert str(error) not in status.details
+    if logged:
+        [record] = caplog.records
+        assert record.exc_info is not None and record.exc_info[1] is error
+        assert status.details == "internal error"
+    else:
+        assert caplog.records == []

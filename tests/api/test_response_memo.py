@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from server.api import convert
@@ -17,26 +17,12 @@ from server.domain.records import KeyRecord
 from server.domain.routes import RouteTable
 from server.domain.scopes import SCOPE_CATALOG
 from server.domain.usage import UsageRecorder
+from tests.conftest import KeyFactory
 from voiso.apikeys.v1 import authorize_pb2 as az
 
 HASHER = KeyHasher(b"response-memo-secret".ljust(32, b"."))
 KEY = generate_key()
-NOW = datetime(2025, 3, 1, tzinfo=UTC)
-RECORD = KeyRecord(
-    id="key_" + "1" * 24,
-    contact_center_id="cc-1",
-    name="memo",
-    description="",
-    scopes=("campaigns.read",),
-    lookup_hash=HASHER.lookup_hash(KEY),
-    last4=last4(KEY),
-    secret_ciphertext=b"",
-    encryption_key_id="k1",
-    create_time=NOW,
-    update_time=NOW,
-    last_used_time=None,
-    created_by="user-1",
-)
+RECORD = KeyFactory()(lookup_hash=HASHER.lookup_hash(KEY), last4=last4(KEY))
 
 
 class OneKey:
