@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import Wiring, prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings, split_address
 from server.store import migrate
-from server.workers import supervise
+from server.workers import PortReservation, PortUnavailable, supervise
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,28 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve_workers(settings: Settings, wiring: Wiring | None) -> int:
-    # Generated secrets, the development key pair and the schema are made
-    # once here, so the workers do not race to make them; the event loop
-    # this takes is closed again before the first fork.
-    prepare(settings)
-    _migrate(settings)
-    return supervise(
-        settings.workers,
-        lambda: _guarded(lambda: _serve(settings, wiring)),
-        stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
-    )
+    with _reserved_ports(settings):
+        # Generated secrets, the development key pair and the schema are
+        # made once here, so the workers do not race to make them; the
+        # event loop this takes is closed again before the first fork.
+        prepare(settings)
+        _migrate(settings)
+        return supervise(
+            settings.workers,
+            lambda: _guarded(lambda: _serve(settings, wiring)),
+            stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
+        )
+
+
+def _reserved_ports(settings: Settings) -> PortReservation:
+    """The workers' ports, held so that no second server can share them."""
+    addresses = {"--listen": split_address(settings.listen)}
+    if settings.admin_listen:
+        addresses["--admin-listen"] = split_address(settings.admin_listen)
+    try:
+        return PortReservation.claim(addresses)
+    except PortUnavailable as exc:
+        raise SettingsError(exc.name, exc.reason) from None
 
 
 def _guarded(action: Callable[[], int]) -> int:

@@ -154,6 +154,12 @@ def _listen_address(text: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host without IPv6 brackets, port) of a checked listen address."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def _database_url(text: str) -> str:
     check_database_url(text)
     return text
@@ -369,17 +375,17 @@ class Settings:
     @property
     def listen_host(self) -> str:
         """The host part of ``listen``, without IPv6 brackets."""
-        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        return split_address(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
         """The port of ``listen``; 0 picks a free one."""
-        return int(self.listen.rpartition(":")[2])
+        return split_address(self.listen)[1]
 
     @property
     def admin_port(self) -> int:
         """The port of ``admin_listen``; 0 when unset or picked freely."""
-        return int(self.admin_listen.rpartition(":")[2]) if self.admin_listen else 0
+        return split_address(self.admin_listen)[1] if self.admin_listen else 0
 
     @property
     def is_postgres(self) -> bool:
