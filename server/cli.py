@@ -112,7 +112,7 @@ async def _probe_health(settings: Settings) -> int:
     wildcard = settings.listen_host in ("0.0.0.0", "::")  # noqa: S104 - probing, not binding
     host = "127.0.0.1" if wildcard else settings.listen_host
     target = f"[{host}]:{settings.listen_port}" if ":" in host else f"{host}:{settings.listen_port}"
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with _health_channel(settings, target) as channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)
             response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
@@ -122,6 +122,24 @@ async def _probe_health(settings: Settings) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{target} {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _health_channel(settings: Settings, target: str) -> grpc.aio.Channel:
+    """A channel to the server's port speaking what the port speaks: TLS
+    when the server has a certificate, with the server's own pair as the
+    client certificate when it asks for one."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return grpc.aio.insecure_channel(target)
+    mutual = settings.tls_client_ca is not None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.health_ca.read_bytes() if settings.health_ca else None,
+        private_key=settings.tls_key.read_bytes() if mutual else None,
+        certificate_chain=settings.tls_cert.read_bytes() if mutual else None,
+    )
+    options = []
+    if settings.health_server_name:
+        options.append(("grpc.ssl_target_name_override", settings.health_server_name))
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -74,9 +74,16 @@ class Authority:
         authority.cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         return authority
 
-    def issue(self, name: str, *, server: bool = True, client: bool = True) -> Pair:
-        """A pair for ``localhost`` and 127.0.0.1, written as ``name``.pem
-        and ``name``.key."""
+    def issue(
+        self,
+        name: str,
+        *,
+        server: bool = True,
+        client: bool = True,
+        hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    ) -> Pair:
+        """A pair for ``hosts`` (names or IP addresses), written as
+        ``name``.pem and ``name``.key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
@@ -91,12 +98,7 @@ class Authority:
             .not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + LIFETIME)
             .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
+                x509.SubjectAlternativeName([_general_name(host) for host in hosts]),
                 critical=False,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -114,3 +116,10 @@ class Authority:
             )
         )
         return pair
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
