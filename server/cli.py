@@ -10,6 +10,7 @@ process prepares and migrates once, then supervises that many forked servers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -69,7 +70,7 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve_workers(settings: Settings, wiring: Wiring | None) -> int:
-    with _reserved_ports(settings):
+    with contextlib.closing(_reserved_ports(settings)):
         # Generated secrets, the development key pair and the schema are
         # made once here, so the workers do not race to make them; the
         # event loop this takes is closed again before the first fork.

@@ -35,8 +35,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
-from typing import NoReturn, Self
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +96,6 @@ class PortReservation:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _reserve(sock: socket.socket, address: tuple[str, int], *, dual_stack: bool, name: str) -> None:

@@ -4,6 +4,7 @@ answer, a delete reaches both, and a killed worker is replaced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -193,7 +194,7 @@ async def test_a_socket_holding_the_port_makes_workers_exit_2(
 
 async def test_a_reserved_port_refuses_a_server_while_no_worker_listens(tmp_path: Path) -> None:
     port = free_port()
-    with PortReservation.claim({"--listen": ("127.0.0.1", port)}):
+    with contextlib.closing(PortReservation.claim({"--listen": ("127.0.0.1", port)})):
         result = await asyncio.to_thread(_start_second_server, tmp_path / "var", port)
         _assert_refused(result)
         # A plain bind is refused as well.
