@@ -92,6 +92,10 @@ def _assert_one_line_error(result: Exit, option: str) -> None:
         (["--log-level", "loud"], {}, "--log-level"),
         (["--workers", "0"], {}, "--workers"),
         (["--workers", "2", "--listen", "127.0.0.1:0"], {}, "--workers"),
+        (["--workers", "2", "--admin-listen", "127.0.0.1:0"], {}, "--workers"),
+        (["--admin-listen", "nohostport"], {}, "--admin-listen"),
+        ([], {"APIKEYS_REFLECTION": "maybe"}, "--reflection"),
+        (["--tls-cert", "/nonexistent/cert.pem"], {}, "--tls-cert"),
     ],
 )
 def test_bad_values_stop_the_server_naming_the_option(

@@ -189,3 +189,22 @@ async def test_the_admin_port_serves_the_same_tls(
             )
             assert scopes.scopes
         assert await served_serial_with(port, ca, client) == server_pair.serial
+
+
+async def test_a_replaced_client_ca_decides_which_new_clients_are_served(
+    tmp_path: Path, ca: Authority, server_pair: Pair
+) -> None:
+    client_ca = tmp_path / "client-ca.pem"
+    client_ca.write_bytes(ca.cert.read_bytes())
+    successor = Authority.create(tmp_path / "successor", "successor-ca")
+    old_client, new_client = ca.issue("old-client"), successor.issue("new-client")
+    async with tls_server(tmp_path, server_pair, client_ca=client_ca) as harness:
+        async with tls_channel(harness.port, ca, new_client) as channel:
+            assert (await rpc_error(check(channel))).code() == grpc.StatusCode.UNAVAILABLE
+        replacement = tmp_path / "client-ca.new"
+        replacement.write_bytes(successor.cert.read_bytes())
+        os.replace(replacement, client_ca)
+        async with tls_channel(harness.port, ca, new_client) as channel:
+            assert (await check(channel)).reason == az.REASON_KEY_MALFORMED
+        async with tls_channel(harness.port, ca, old_client) as channel:
+            assert (await rpc_error(check(channel))).code() == grpc.StatusCode.UNAVAILABLE
