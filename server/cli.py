@@ -10,6 +10,7 @@ process prepares and migrates once, then supervises that many forked servers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -21,9 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import Wiring, prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings, split_address
 from server.store import migrate
-from server.workers import supervise
+from server.workers import PortReservation, PortUnavailable, supervise
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,28 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve_workers(settings: Settings, wiring: Wiring | None) -> int:
-    # Generated secrets, the development key pair and the schema are made
-    # once here, so the workers do not race to make them; the event loop
-    # this takes is closed again before the first fork.
-    prepare(settings)
-    _migrate(settings)
-    return supervise(
-        settings.workers,
-        lambda: _guarded(lambda: _serve(settings, wiring)),
-        stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
-    )
+    with contextlib.closing(_reserved_ports(settings)):
+        # Generated secrets, the development key pair and the schema are
+        # made once here, so the workers do not race to make them; the
+        # event loop this takes is closed again before the first fork.
+        prepare(settings)
+        _migrate(settings)
+        return supervise(
+            settings.workers,
+            lambda: _guarded(lambda: _serve(settings, wiring)),
+            stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
+        )
+
+
+def _reserved_ports(settings: Settings) -> PortReservation:
+    """The workers' ports, held so that no second server can share them."""
+    addresses = {"--listen": split_address(settings.listen)}
+    if settings.admin_listen:
+        addresses["--admin-listen"] = split_address(settings.admin_listen)
+    try:
+        return PortReservation.claim(addresses)
+    except PortUnavailable as exc:
+        raise SettingsError(exc.name, exc.reason) from None
 
 
 def _guarded(action: Callable[[], int]) -> int:
@@ -100,7 +113,7 @@ async def _probe_health(settings: Settings) -> int:
     wildcard = settings.listen_host in ("0.0.0.0", "::")  # noqa: S104 - probing, not binding
     host = "127.0.0.1" if wildcard else settings.listen_host
     target = f"[{host}]:{settings.listen_port}" if ":" in host else f"{host}:{settings.listen_port}"
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with _health_channel(settings, target) as channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)
             response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
@@ -110,6 +123,24 @@ async def _probe_health(settings: Settings) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{target} {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _health_channel(settings: Settings, target: str) -> grpc.aio.Channel:
+    """A channel to the server's port speaking what the port speaks: TLS
+    when the server has a certificate, with the server's own pair as the
+    client certificate when it asks for one."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return grpc.aio.insecure_channel(target)
+    mutual = settings.tls_client_ca is not None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.health_ca.read_bytes() if settings.health_ca else None,
+        private_key=settings.tls_key.read_bytes() if mutual else None,
+        certificate_chain=settings.tls_cert.read_bytes() if mutual else None,
+    )
+    options = []
+    if settings.health_server_name:
+        options.append(("grpc.ssl_target_name_override", settings.health_server_name))
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, T]]) -> T:

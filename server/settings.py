@@ -154,6 +154,12 @@ def _listen_address(text: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host without IPv6 brackets, port) of a checked listen address."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def _database_url(text: str) -> str:
     check_database_url(text)
     return text
@@ -258,6 +264,52 @@ class Settings:
         shown_default="unchecked",
         help="`iss` that admin tokens must carry",
     )
+    admin_listen: str | None = option(
+        parse=_listen_address,
+        unset=None,
+        shown_default="unset: `KeyAdmin` on the main port",
+        help="host:port serving `KeyAdmin` and reflection alone; the main port then serves "
+        "`Authorize` and health only",
+    )
+    reflection: bool = option(
+        parse=_one_of({"true": True, "false": False}),
+        default="true",
+        help="serve gRPC server reflection (on the admin port when there is one)",
+    )
+    tls_cert: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="plaintext",
+        help="PEM certificate chain: with `APIKEYS_TLS_KEY`, every port serves TLS only; "
+        "re-read when the file changes",
+    )
+    tls_key: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="plaintext",
+        help="PEM private key of `APIKEYS_TLS_CERT` (unencrypted); re-read when the file changes",
+    )
+    tls_client_ca: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="no client certificates",
+        help="PEM CA certificates: callers must present a certificate signed by one (mutual "
+        "TLS); re-read when the file changes",
+    )
+    health_ca: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="system roots",
+        help="`apikeys-server health` on a TLS port: PEM roots it trusts for the server's "
+        "certificate",
+    )
+    health_server_name: str | None = option(
+        parse=str,
+        unset=None,
+        shown_default="the `--listen` host",
+        help="`apikeys-server health` on a TLS port: the name it checks the server's "
+        "certificate against",
+    )
     routes: Path | None = option(
         parse=_readable_file,
         unset=None,
@@ -323,12 +375,17 @@ class Settings:
     @property
     def listen_host(self) -> str:
         """The host part of ``listen``, without IPv6 brackets."""
-        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        return split_address(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
         """The port of ``listen``; 0 picks a free one."""
-        return int(self.listen.rpartition(":")[2])
+        return split_address(self.listen)[1]
+
+    @property
+    def admin_port(self) -> int:
+        """The port of ``admin_listen``; 0 when unset or picked freely."""
+        return split_address(self.admin_listen)[1] if self.admin_listen else 0
 
     @property
     def is_postgres(self) -> bool:
@@ -403,6 +460,13 @@ def load_settings(
         )
     if settings.workers > 1 and settings.listen_port == 0:
         raise SettingsError("--workers", "more than one worker needs a fixed --listen port")
+    if settings.workers > 1 and settings.admin_listen and settings.admin_port == 0:
+        raise SettingsError("--workers", "more than one worker needs a fixed --admin-listen port")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        missing = "--tls-key" if settings.tls_key is None else "--tls-cert"
+        raise SettingsError(missing, "--tls-cert and --tls-key go together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise SettingsError("--tls-client-ca", "needs --tls-cert and --tls-key")
     return settings
 
 

@@ -1,11 +1,22 @@
 """``apikeys-server --workers N``: N server processes sharing one port.
 
-The caller prepares and migrates once in this (parent) process, then
-:func:`supervise` forks the workers. It must run before any event loop or
-gRPC object exists in the parent: gRPC's core does not survive a fork. Each
-worker binds the port with ``SO_REUSEPORT``, so the kernel spreads incoming
-connections over them, and runs its own cache and change follower; the change
-feed keeps the workers' caches in step exactly as it does between replicas.
+The caller reserves the ports (:class:`PortReservation`), prepares and
+migrates once in this (parent) process, then :func:`supervise` forks the
+workers. It must run before any event loop or gRPC object exists in the
+parent: gRPC's core does not survive a fork. Each worker binds the port with
+``SO_REUSEPORT``, so the kernel spreads incoming connections over them, and
+runs its own cache and change follower; the change feed keeps the workers'
+caches in step exactly as it does between replicas.
+
+``SO_REUSEPORT`` alone would let a second server started on the same port
+join the group and take part of the connections. The reservation prevents
+that: it proves the port free with a bind that a reuse-port group refuses,
+then stays bound for the supervisor's life, marked reuse-port only after the
+bind, so that the workers can join it and every later bind without
+``SO_REUSEPORT`` (another ``apikeys-server`` reserving the port, or a single
+one binding it) fails. What the kernel still allows, and nothing in this
+process can refuse, is a process of the same user that sets ``SO_REUSEPORT``
+itself before binding: Linux admits it to the group.
 
 The parent only supervises. A worker that exits is started again after a
 delay that grows while workers keep failing quickly (one that exits with
@@ -17,11 +28,13 @@ server does; any still running after ``stop_timeout`` is killed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 log = logging.getLogger(__name__)
@@ -34,6 +47,94 @@ CONFIGURATION_ERROR_STATUS = 2
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _WATCHED = frozenset({signal.SIGCHLD, *_STOP_SIGNALS})
+
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - reserved, as the server binds
+
+
+class PortUnavailable(Exception):
+    """An address the workers would listen on cannot be reserved."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+        super().__init__(f"{name}: {reason}")
+
+
+class PortReservation:
+    """Listen addresses held for this server's workers and no one else.
+
+    Each address is bound with ``SO_REUSEADDR`` alone, which fails when any
+    socket listens there (reuse-port group or not) but tolerates connections
+    of an earlier server still in TIME_WAIT. Once bound, the socket drops
+    ``SO_REUSEADDR`` and takes ``SO_REUSEPORT``: the workers, binding with
+    ``SO_REUSEPORT`` as the same user, join it, while any bind without
+    ``SO_REUSEPORT`` keeps failing, also while every worker is down between
+    restarts. The socket never listens, so it takes no connections.
+    """
+
+    def __init__(self, sockets: Sequence[socket.socket]) -> None:
+        self._sockets = list(sockets)
+
+    @classmethod
+    def claim(cls, addresses: Mapping[str, tuple[str, int]]) -> PortReservation:
+        """Reserves each named (host, port); ``PortUnavailable`` carries the
+        name of the first that cannot be had."""
+        reservation = cls([])
+        try:
+            for name, (host, port) in addresses.items():
+                for family, address, dual_stack in _bind_addresses(host, port):
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    reservation._sockets.append(sock)
+                    _reserve(sock, address, dual_stack=dual_stack, name=name)
+        except BaseException:
+            reservation.close()
+            raise
+        return reservation
+
+    def close(self) -> None:
+        """Releases the addresses."""
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+
+def _reserve(sock: socket.socket, address: tuple[str, int], *, dual_stack: bool, name: str) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise PortUnavailable(name, f"cannot bind {address[0]}:{address[1]}: {reason}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
+def _bind_addresses(host: str, port: int) -> list[tuple[int, tuple[str, int], bool]]:
+    """(family, address, dual stack) of each socket gRPC binds for ``host``:
+    one dual-stack socket for a wildcard host where IPv6 exists, else one
+    per address the host resolves to."""
+    if host in _WILDCARD_HOSTS:
+        if socket.has_ipv6 and _ipv6_available():
+            return [(socket.AF_INET6, ("::", port), True)]
+        return [(socket.AF_INET, ("0.0.0.0", port), False)]  # noqa: S104
+    found: list[tuple[int, tuple[str, int], bool]] = []
+    for family, _, _, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        entry = (int(family), (str(address[0]), int(address[1])), False)
+        if entry not in found:
+            found.append(entry)
+    return found
+
+
+def _ipv6_available() -> bool:
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
 
 
 class _Supervisor:

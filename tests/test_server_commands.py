@@ -9,7 +9,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from tests.harness import Harness
+from tests.harness import Harness, running_server
+from tests.tls_files import Authority
 
 
 async def _run(*args: str) -> tuple[int, str, str]:
@@ -48,3 +49,32 @@ async def test_health_fails_when_nothing_listens() -> None:
     code, _, err = await _run("health", "--listen", "127.0.0.1:1")
     assert code == 1
     assert "not healthy" in err
+
+
+async def test_health_speaks_the_servers_tls_and_presents_its_pair_to_a_client_ca(
+    tmp_path: Path,
+) -> None:
+    ca = Authority.create(tmp_path / "pki")
+    # The server's pair may serve as a client certificate: the probe shows it.
+    pair = ca.issue("server", hosts=("apikeys.internal",))
+    tls = [
+        "--tls-cert",
+        str(pair.cert),
+        "--tls-key",
+        str(pair.key),
+        "--tls-client-ca",
+        str(ca.cert),
+    ]
+    async with running_server(tmp_path / "var", args=tls) as harness:
+        listen = ["--listen", harness.target, "--log-format", "text"]
+        trusted = ["--health-ca", str(ca.cert), "--health-server-name", "apikeys.internal"]
+        code, out, err = await _run("health", *listen, *tls, *trusted)
+        assert code == 0, err
+        assert "SERVING" in out
+
+        code, _, err = await _run("health", *listen)
+        assert code == 1
+        assert "not healthy" in err
+        code, _, err = await _run("health", *listen, *tls, "--health-ca", str(ca.cert))
+        assert code == 1
+        assert "not healthy" in err

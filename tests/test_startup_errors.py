@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
+from tests.tls_files import Authority
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ def _assert_one_line_error(result: Exit, option: str) -> None:
         (["--log-level", "loud"], {}, "--log-level"),
         (["--workers", "0"], {}, "--workers"),
         (["--workers", "2", "--listen", "127.0.0.1:0"], {}, "--workers"),
+        (["--workers", "2", "--admin-listen", "127.0.0.1:0"], {}, "--workers"),
+        (["--admin-listen", "nohostport"], {}, "--admin-listen"),
+        ([], {"APIKEYS_REFLECTION": "maybe"}, "--reflection"),
+        (["--tls-cert", "/nonexistent/cert.pem"], {}, "--tls-cert"),
     ],
 )
 def test_bad_values_stop_the_server_naming_the_option(
@@ -140,3 +145,33 @@ def test_the_command_exits_2_with_one_line_for_a_bad_value(tmp_path: Path) -> No
 def test_the_command_exits_2_with_one_line_for_an_unknown_flag(tmp_path: Path) -> None:
     result = _start_process("--data-dir", str(tmp_path / "var"), "--no-such-flag")
     _assert_one_line_error(result, "--no-such-flag")
+
+
+@pytest.mark.parametrize(
+    ("broken", "option"),
+    [
+        ("mismatched key", "--tls-key"),
+        ("garbage certificate", "--tls-cert"),
+        ("no key", "--tls-key"),
+    ],
+)
+def test_a_certificate_pair_that_cannot_be_served_stops_the_start(
+    start: Start, tmp_path: Path, broken: str, option: str
+) -> None:
+    ca = Authority.create(tmp_path / "pki")
+    server, other = ca.issue("server"), ca.issue("other")
+    args = ["--tls-cert", str(server.cert), "--tls-key", str(other.key)]
+    if broken == "garbage certificate":
+        server.cert.write_text("not a certificate\n")
+        args[3] = str(server.key)
+    elif broken == "no key":
+        args = args[:2]
+    result = start("--data-dir", str(tmp_path / "var"), *args)
+    _assert_one_line_error(result, option)
+    assert "PRIVATE KEY" not in result.stderr
+
+
+def test_a_client_ca_without_a_server_pair_is_refused(start: Start, tmp_path: Path) -> None:
+    ca = Authority.create(tmp_path / "pki")
+    result = start("--data-dir", str(tmp_path / "var"), "--tls-client-ca", str(ca.cert))
+    _assert_one_line_error(result, "--tls-client-ca")

@@ -4,18 +4,25 @@ answer, a delete reaches both, and a killed worker is replaced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import grpc
+import pytest
 
+from server.workers import PortReservation
 from tests.replicas.processes import (
     AdminKeys,
     ServerProcess,
     delete_key,
     established_connections,
+    free_port,
     new_key,
     server_process,
     wait_serving,
@@ -122,3 +129,80 @@ async def test_two_workers_share_the_port_revoke_together_and_are_restarted(
 
     assert server.process.returncode == 0
     assert not any(_alive(pid) for pid in replaced)
+
+
+def _start_second_server(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEYS_")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--workers",
+            "2",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--log-format",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def _assert_refused(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "--listen" in result.stderr and "in use" in result.stderr, result.stderr
+    assert "worker started" not in result.stderr
+
+
+async def test_a_second_server_with_workers_on_the_same_port_exits_2(tmp_path: Path) -> None:
+    admin_keys = AdminKeys.make(tmp_path / "identity")
+    async with server_process(
+        tmp_path / "var",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}",
+        admin_keys=admin_keys,
+        args=["--workers", "2"],
+    ) as server:
+        await _wait_for_workers(server, 2)
+        result = await asyncio.to_thread(_start_second_server, tmp_path / "second", server.port)
+        _assert_refused(result)
+        # Every new connection still reaches one of the first server's workers.
+        answers, accepted = await _check_over_fresh_channels(server, "vsk_x")
+        assert all(answer.reason == az.REASON_KEY_MALFORMED for answer in answers)
+        assert sum(accepted) == FRESH_CHANNELS
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "reuse-port"])
+async def test_a_socket_holding_the_port_makes_workers_exit_2(
+    tmp_path: Path, reuse_port: bool
+) -> None:
+    with socket.socket() as holder:
+        if reuse_port:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = await asyncio.to_thread(_start_second_server, tmp_path / "var", port)
+    _assert_refused(result)
+
+
+async def test_a_reserved_port_refuses_a_server_while_no_worker_listens(tmp_path: Path) -> None:
+    port = free_port()
+    with contextlib.closing(PortReservation.claim({"--listen": ("127.0.0.1", port)})):
+        result = await asyncio.to_thread(_start_second_server, tmp_path / "var", port)
+        _assert_refused(result)
+        # A plain bind is refused as well.
+        with socket.socket() as stranger, pytest.raises(OSError, match="in use"):
+            stranger.bind(("127.0.0.1", port))
+        # A worker's bind, with SO_REUSEPORT, joins.
+        with socket.socket() as worker:
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind(("127.0.0.1", port))
+            worker.listen()
