@@ -1,4 +1,4 @@
-"""The ``KeyStore`` contract, on every backend of ``database_url`` and for
+"""The ``KeyStore`` contract, on every backend of ``migrated_database_url`` and for
 every implementation: the SQL store and the cache wrapping it.
 
 The change feed is the SQL store's alone (the cache follows it rather than
@@ -403,9 +403,9 @@ async def test_concurrent_creates_never_exceed_the_limit(
 
 
 async def test_concurrent_creates_through_two_stores_never_exceed_the_limit(
-    store: KeyStore, database_url: str, make_key: KeyFactory
+    store: KeyStore, migrated_database_url: str, make_key: KeyFactory
 ) -> None:
-    second = await open_store(database_url, migrate=False)
+    second = await open_store(migrated_database_url, migrate=False)
     try:
         results = await asyncio.gather(
             *(
