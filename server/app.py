@@ -38,6 +38,7 @@ from server.domain.routes import RouteFileError, RouteTable
 from server.domain.scopes import SCOPE_CATALOG
 from server.domain.store import ChangeFeed, KeyStore
 from server.domain.usage import UsageRecorder
+from server.health import WriteHealth, WriteProbe
 from server.invalidation import ChangeFollower
 from server.logs import quiet_parameter_loggers
 from server.settings import Settings, SettingsError, ensure_data_dir, with_secrets
@@ -46,15 +47,15 @@ from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, k
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name,
-    authorize_pb2.DESCRIPTOR.services_by_name["Authorize"].full_name,
-)
+KEY_ADMIN_SERVICE = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name
+AUTHORIZE_SERVICE = authorize_pb2.DESCRIPTOR.services_by_name["Authorize"].full_name
+SERVICE_NAMES = (KEY_ADMIN_SERVICE, AUTHORIZE_SERVICE)
 MAX_MESSAGE_BYTES = 1 << 20
 
 
-class Storage(KeyStore, ChangeFeed, Protocol):
-    """What the server needs of its store: the keys and their change feed."""
+class Storage(KeyStore, ChangeFeed, WriteProbe, Protocol):
+    """What the server needs of its store: the keys, their change feed and
+    the write probe that health is judged by."""
 
 
 StoreOpener = Callable[[str], Awaitable[Storage]]
@@ -90,6 +91,7 @@ class Parts:
     cache: CachedKeyStore
     follower: ChangeFollower
     usage: UsageRecorder
+    write_health: WriteHealth
     authorizer: Authorizer
     administration: KeyAdministration
 
@@ -171,7 +173,10 @@ class ApiKeysServer:
         try:
             await follower.start()
             usage = UsageRecorder(cache, interval=settings.last_used_flush)
-            parts = self._assemble(store, cache, follower, usage)
+            write_health = WriteHealth(
+                store, self._health, service=KEY_ADMIN_SERVICE, interval=settings.health_probe
+            )
+            parts = self._assemble(store, cache, follower, usage, write_health)
             server = self._grpc_server(parts)
             try:
                 self.port = server.add_insecure_port(settings.listen)
@@ -184,8 +189,10 @@ class ApiKeysServer:
             raise
         usage.start()
         self._server, self._parts = server, parts
+        # The store was just opened and migrated, a committed write.
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        write_health.start()
         log.info(
             "serving",
             extra={
@@ -201,6 +208,7 @@ class ApiKeysServer:
         cache: CachedKeyStore,
         follower: ChangeFollower,
         usage: UsageRecorder,
+        write_health: WriteHealth,
     ) -> Parts:
         settings = self._prepared.settings
         assert settings.hmac_secret is not None and settings.encryption_keys is not None
@@ -210,6 +218,7 @@ class ApiKeysServer:
             cache=cache,
             follower=follower,
             usage=usage,
+            write_health=write_health,
             authorizer=Authorizer(
                 keys=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
             ),
@@ -266,6 +275,7 @@ class ApiKeysServer:
             return
         parts = self._parts
         grace = self.settings.shutdown_grace if grace is None else grace
+        await parts.write_health.stop()
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None

@@ -103,12 +103,14 @@ async def _probe_health(settings: Settings) -> int:
     async with grpc.aio.insecure_channel(target) as channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)
-            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=settings.service), timeout=HEALTH_TIMEOUT
+            )
         except grpc.aio.AioRpcError as exc:
             print(f"apikeys-server: {target} not healthy: {exc.code().name}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(f"{target} {status}")
+    print(f"{target} {settings.service or '(server)'} {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 

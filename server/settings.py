@@ -294,6 +294,12 @@ class Settings:
         default="1",
         help="seconds between reads of the key change feed",
     )
+    health_probe: float = option(
+        parse=_number_at_least(0.01),
+        default="2",
+        help="seconds between the committed test writes that decide whether `KeyAdmin` "
+        "reports SERVING (a probe that takes longer fails)",
+    )
     shutdown_grace: float = option(
         parse=_number_at_least(0.0),
         default="5",
@@ -318,6 +324,12 @@ class Settings:
         parse=_one_of({"json": "json", "text": "text"}),
         default="json",
         help="`json` lines or `text`",
+    )
+    service: str = option(
+        parse=str,
+        unset="",
+        shown_default="the server as a whole",
+        help="the service `apikeys-server health` asks about, e.g. `voiso.apikeys.v1.KeyAdmin`",
     )
 
     @property
@@ -365,7 +377,7 @@ def _parser() -> _ArgumentParser:
         default="serve",
         choices=("serve", "migrate", "health"),
         help="serve (default); migrate the database schema and exit; or ask the server "
-        "at --listen for its health (exit 0 when serving)",
+        "at --listen for the health of --service (exit 0 when serving)",
     )
     for declared in OPTIONS:
         parser.add_argument(
