@@ -41,7 +41,13 @@ from server.domain.usage import UsageRecorder
 from server.health import WriteHealth, WriteProbe
 from server.invalidation import ChangeFollower
 from server.logs import quiet_parameter_loggers
-from server.settings import Settings, SettingsError, ensure_data_dir, with_secrets
+from server.settings import (
+    Settings,
+    SettingsError,
+    ensure_data_dir,
+    ensure_database_present,
+    with_secrets,
+)
 from server.store import open_store
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc
 
@@ -109,6 +115,7 @@ def prepare(settings: Settings) -> Prepared:
     """Loads secrets, routes and admin keys; ``SettingsError`` names the
     option whose file or value is unusable."""
     ensure_data_dir(settings.data_dir)
+    ensure_database_present(settings)
     try:
         routes = RouteTable.load(settings.routes, known_scopes=SCOPE_CATALOG.keys())
     except RouteFileError as exc:

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import Wiring, prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, ensure_database_present, load_settings
 from server.store import migrate
 from server.workers import supervise
 
@@ -64,6 +64,7 @@ def _serve(settings: Settings, wiring: Wiring | None) -> int:
 
 
 def _migrate(settings: Settings) -> int:
+    ensure_database_present(settings)
     _run(settings, lambda: migrate(settings.database_url))
     return 0
 

@@ -30,7 +30,7 @@ from typing import Any, Generic, NoReturn, TypeVar, overload
 
 from server.domain.keys import parse_encryption_keys, parse_hmac_secret
 from server.files import publish_new_file
-from server.store import check_database_url
+from server.store import check_database_url, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +466,28 @@ def with_secrets(settings: Settings) -> Settings:
         )
         encryption_keys = _OPTIONS_BY_NAME["encryption_keys"].parse_text(text)
     return replace(settings, hmac_secret=hmac_secret, encryption_keys=encryption_keys)
+
+
+def ensure_database_present(settings: Settings) -> None:
+    """Refuses a SQLite database file that is missing from a data directory
+    holding this service's generated secrets.
+
+    The secrets are made together with the database, so the database was
+    removed or moved since; creating an empty one in its place would lose
+    every key without a word.
+    """
+    database = sqlite_file(settings.database_url)
+    if database is None or database.exists():
+        return
+    for name in (HMAC_SECRET_FILE, ENCRYPTION_KEYS_FILE):
+        secret = settings.data_dir / name
+        if secret.exists():
+            raise SettingsError(
+                "--database-url",
+                f"the database file {database} is missing, yet {secret} shows this data "
+                "directory has held one: restore the file (or remove the secrets to start "
+                "with no keys)",
+            )
 
 
 def ensure_data_dir(path: Path) -> None:

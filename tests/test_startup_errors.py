@@ -112,6 +112,22 @@ def test_data_dir_that_is_a_file_is_refused(start: Start, tmp_path: Path) -> Non
     _assert_one_line_error(start("--data-dir", str(not_a_dir / "below")), "--data-dir")
 
 
+@pytest.mark.parametrize("secret", ["hmac-secret", "encryption-keys"])
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_data_dir_with_secrets_but_no_database_is_refused(
+    start: Start, tmp_path: Path, secret: str, command: str
+) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    (data_dir / secret).write_text("generated before the database vanished\n")
+
+    result = start(command, "--data-dir", str(data_dir))
+
+    _assert_one_line_error(result, "--database-url")
+    assert str(data_dir / "apikeys.db") in result.stderr
+    assert not (data_dir / "apikeys.db").exists()
+
+
 def test_postgres_without_secrets_is_refused(start: Start, tmp_path: Path) -> None:
     result = start(
         "--data-dir",

@@ -62,6 +62,14 @@ def check_database_url(url: str) -> None:
     _parse(url)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite ``url``; None for PostgreSQL."""
+    parsed = _parse(url)
+    if parsed.drivername != SQLITE_DRIVER or parsed.database is None:
+        return None
+    return Path(parsed.database)
+
+
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)

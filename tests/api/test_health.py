@@ -18,7 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import AUTHORIZE_SERVICE, KEY_ADMIN_SERVICE
+from server.app import AUTHORIZE_SERVICE, KEY_ADMIN_SERVICE, prepare
+from server.settings import SettingsError
 from tests.api.rpc import rpc_error
 from tests.harness import SHARED_SECRETS, Harness, running_server
 from tests.pg_cluster import ThrowawayCluster
@@ -104,6 +105,11 @@ async def test_removed_database_files_fail_the_next_write_and_key_admin_health(
         assert await status(h, AUTHORIZE_SERVICE) == SERVING
         assert await status(h, "") == SERVING
         assert await allowed(h, cached)
+
+    # A restart refuses the data directory rather than start on an empty
+    # database in its place.
+    with pytest.raises(SettingsError, match=str(data_dir / "apikeys.db")):
+        prepare(h.server.settings)
 
 
 async def test_key_admin_serves_again_by_itself_once_the_file_is_back(tmp_path: Path) -> None:
