@@ -227,7 +227,11 @@ class ApiKeysServer:
             usage=usage,
             write_health=write_health,
             authorizer=Authorizer(
-                keys=cache, hasher=hasher, routes=self._prepared.routes, usage=usage
+                keys=cache,
+                hasher=hasher,
+                routes=self._prepared.routes,
+                usage=usage,
+                store_timeout=settings.store_timeout,
             ),
             administration=KeyAdministration(
                 store=cache,

@@ -284,6 +284,12 @@ class Settings:
         default="100000",
         help="most unknown keys remembered",
     )
+    store_timeout: float = option(
+        parse=_number_at_least(0.001),
+        default="0.5",
+        help="seconds a `Check` waits for the store on a cache miss (less when the call's "
+        "deadline is nearer); past it the check is `UNAVAILABLE`",
+    )
     last_used_flush: float = option(
         parse=_number_at_least(0.01),
         default="5",
