@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, NoReturn, TypeVar, overload
 
+from server.admin_tokens import DEFAULT_MAX_LIFETIME_SECONDS
 from server.domain.keys import parse_encryption_keys, parse_hmac_secret
 from server.files import publish_new_file
 from server.store import check_database_url, sqlite_file
@@ -242,7 +243,7 @@ class Settings:
     admin_public_keys: Path | None = option(
         parse=_readable_file,
         unset=None,
-        shown_default="development key pair",
+        shown_default="development key pair (SQLite only)",
         help="PEM or JWKS file of the identity service's signing keys",
     )
     admin_audience: str | None = option(
@@ -257,6 +258,12 @@ class Settings:
         unset=None,
         shown_default="unchecked",
         help="`iss` that admin tokens must carry",
+    )
+    admin_max_token_lifetime: float = option(
+        parse=_number_at_least(1.0),
+        default=str(DEFAULT_MAX_LIFETIME_SECONDS),
+        help="seconds an admin token may live at most (`exp` - `iat`, or `exp` - now "
+        "without `iat`); longer-lived tokens are refused",
     )
     routes: Path | None = option(
         parse=_readable_file,

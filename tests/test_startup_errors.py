@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
+from tests.harness import SHARED_SECRETS
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,19 @@ def test_postgres_without_secrets_is_refused(start: Start, tmp_path: Path) -> No
         "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
     )
     _assert_one_line_error(result, "--hmac-secret")
+
+
+def test_postgres_without_admin_public_keys_is_refused(start: Start, tmp_path: Path) -> None:
+    result = start(
+        "--data-dir",
+        str(tmp_path / "var"),
+        "--database-url",
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        *SHARED_SECRETS,
+    )
+
+    _assert_one_line_error(result, "--admin-public-keys")
+    assert list((tmp_path / "var").iterdir()) == []
 
 
 def test_malformed_route_file_names_file_and_line(start: Start, tmp_path: Path) -> None:
