@@ -228,17 +228,36 @@ class Settings:
         shown_default="SQLite in the data dir",
         help="`sqlite+aiosqlite:///FILE` or `postgresql+asyncpg://user@host/db`",
     )
+    database_url_file: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="unset",
+        help="file holding the database URL instead (its password then shows in no "
+        "command line or environment; libpq's `PGPASSWORD` and `PGPASSFILE` also work)",
+    )
     hmac_secret: Secret[bytes] | None = option(
         parse=_secret(parse_hmac_secret),
         unset=None,
         shown_default="generated (SQLite only)",
         help="base64, at least 32 bytes: key of the lookup hash",
     )
+    hmac_secret_file: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="unset",
+        help="file holding the HMAC secret instead",
+    )
     encryption_keys: Secret[tuple[tuple[str, bytes], ...]] | None = option(
         parse=_secret(lambda text: tuple(parse_encryption_keys(text))),
         unset=None,
         shown_default="generated (SQLite only)",
         help="`id:base64,...` AES-256 keys; the first encrypts, all decrypt",
+    )
+    encryption_keys_file: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="unset",
+        help="file holding the encryption keys instead",
     )
     admin_public_keys: Path | None = option(
         parse=_readable_file,
@@ -370,6 +389,14 @@ OPTIONS: tuple[Option[Any], ...] = tuple(
 
 _OPTIONS_BY_NAME = {declared.name: declared for declared in OPTIONS}
 
+# Options whose value may be given as a file instead, which keeps a secret out
+# of /proc/PID/cmdline and the environment: the file option, then the value's.
+_GIVEN_AS_FILE = (
+    ("database_url_file", "database_url"),
+    ("hmac_secret_file", "hmac_secret"),
+    ("encryption_keys_file", "encryption_keys"),
+)
+
 
 class _ArgumentParser(argparse.ArgumentParser):
     """Reports a bad command line as one line and exit status 2."""
@@ -418,6 +445,9 @@ def load_settings(
         text = parsed[declared.name] or environ.get(declared.env)
         if text:
             values[declared.name] = declared.parse_text(text)
+    for file_name, value_name in _GIVEN_AS_FILE:
+        if file_name in values:
+            values[value_name] = _value_from_file(file_name, value_name, values)
     settings = Settings(command=parsed["command"], **values)
     if not settings.database_url:
         settings = replace(
@@ -429,6 +459,26 @@ def load_settings(
     if settings.workers > 1 and settings.listen_port == 0:
         raise SettingsError("--workers", "more than one worker needs a fixed --listen port")
     return settings
+
+
+def _value_from_file(file_name: str, value_name: str, values: Mapping[str, Any]) -> Any:
+    """The value of option ``value_name`` read from the file ``file_name`` names."""
+    file_option, value_option = _OPTIONS_BY_NAME[file_name], _OPTIONS_BY_NAME[value_name]
+    if value_name in values:
+        raise SettingsError(
+            file_option.flag,
+            f"{value_option.flag} ({value_option.env}) is given too; give one of the two",
+        )
+    path: Path = values[file_name]
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(file_option.flag, f"cannot read {path}") from exc
+    try:
+        return value_option.parse(text)
+    except ValueError as exc:
+        # from None: the chained error could quote the secret being parsed.
+        raise SettingsError(file_option.flag, f"{path}: {exc}") from None
 
 
 def markdown_table() -> str:
