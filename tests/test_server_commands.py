@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from server.app import AUTHORIZE_SERVICE, KEY_ADMIN_SERVICE
+from tests.api.test_health import remove_database_files
 from tests.harness import Harness, running_server
 
 
@@ -52,11 +53,6 @@ async def test_health_fails_when_nothing_listens() -> None:
     assert "not healthy" in err
 
 
-def _remove_database_files(directory: Path) -> None:
-    for file in directory.glob("apikeys.db*"):
-        file.unlink()
-
-
 async def test_health_asks_about_one_service_and_the_whole_follows_authorize(
     tmp_path: Path,
 ) -> None:
@@ -65,7 +61,7 @@ async def test_health_asks_about_one_service_and_the_whole_follows_authorize(
         code, out, _ = await _run("health", "--listen", h.target, "--service", KEY_ADMIN_SERVICE)
         assert (code, out.split()[-1]) == (0, "SERVING")
 
-        await asyncio.to_thread(_remove_database_files, data_dir)
+        await asyncio.to_thread(remove_database_files, data_dir)
         give_up = time.monotonic() + 10
         while code == 0 and time.monotonic() < give_up:
             code, out, _ = await _run(

@@ -69,7 +69,7 @@ def _move_database_files(source: Path, target: Path) -> None:
         os.rename(file, target / file.name)
 
 
-def _remove_database_files(directory: Path) -> None:
+def remove_database_files(directory: Path) -> None:
     for file in directory.glob("apikeys.db*"):
         file.unlink()
 
@@ -91,7 +91,7 @@ async def test_removed_database_files_fail_the_next_write_and_key_admin_health(
     async with running_server(data_dir, health_probe=PROBE_S) as h:
         _, cached = await new_key(h)
         assert await allowed(h, cached)
-        await asyncio.to_thread(_remove_database_files, data_dir)
+        await asyncio.to_thread(remove_database_files, data_dir)
         removed = time.monotonic()
 
         refused = await rpc_error(
