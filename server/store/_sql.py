@@ -549,7 +549,8 @@ class SqlKeyStore(KeyStore, ChangeFeed):
     @contextlib.asynccontextmanager
     async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed when the block ends, rolled back
-        if it raises."""
+        if it raises. On SQLite it commits only into the file still at the
+        database's path."""
         with _unavailable_on_error(operation):
             async with contextlib.AsyncExitStack() as stack:
                 if self._sqlite_write_lock is not None:
