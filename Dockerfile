@@ -22,6 +22,10 @@ ENV PATH="/opt/apikeys/bin:${PATH}" \
 USER apikeys
 WORKDIR /var/lib/apikeys
 EXPOSE 50051
+# Authorize, not KeyAdmin: during a database outage the container still
+# answers checks from its cache, and restarting it would only empty that.
+# A load balancer in front of KeyAdmin asks for voiso.apikeys.v1.KeyAdmin.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["apikeys-server", "health", "--listen", "127.0.0.1:50051"]
+    CMD ["apikeys-server", "health", "--listen", "127.0.0.1:50051", \
+         "--service", "voiso.apikeys.v1.Authorize"]
 ENTRYPOINT ["apikeys-server"]

@@ -22,7 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import Wiring, prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
-from server.settings import Settings, SettingsError, load_settings, split_address
+from server.settings import (
+    Settings,
+    SettingsError,
+    ensure_database_present,
+    load_settings,
+    split_address,
+)
 from server.store import migrate
 from server.workers import PortReservation, PortUnavailable, supervise
 
@@ -65,6 +71,7 @@ def _serve(settings: Settings, wiring: Wiring | None) -> int:
 
 
 def _migrate(settings: Settings) -> int:
+    ensure_database_present(settings)
     _run(settings, lambda: migrate(settings.database_url))
     return 0
 
@@ -116,12 +123,14 @@ async def _probe_health(settings: Settings) -> int:
     async with _health_channel(settings, target) as channel:
         try:
             stub: Any = health_pb2_grpc.HealthStub(channel)
-            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=settings.service), timeout=HEALTH_TIMEOUT
+            )
         except grpc.aio.AioRpcError as exc:
             print(f"apikeys-server: {target} not healthy: {exc.code().name}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(f"{target} {status}")
+    print(f"{target} {settings.service or '(server)'} {status}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 

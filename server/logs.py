@@ -2,16 +2,24 @@
 
 Fields passed through ``extra=`` become keys of the JSON object. Nothing here
 filters secrets: the code never passes them in the first place.
+
+Either format keeps a record on one line whatever it holds, so a value from a
+caller (a newline in a token's ``sub``) cannot forge a line of its own: JSON
+escapes control characters, and the text format writes them as escapes too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import textwrap
 from datetime import UTC, datetime
 from typing import Any
 
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
@@ -38,17 +46,25 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(
-            f"{name}={value}"
+            f"{_escaped(name)}={_escaped(str(value))}"
             for name, value in vars(record).items()
             if name not in _STANDARD_ATTRS and not name.startswith("_")
         )
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
-        text = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        message = _escaped(record.getMessage())
+        text = f"{stamp} {record.levelname.lower():7} {record.name}: {message}"
         if fields:
             text += " " + fields
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            # Indented, so that no line of a traceback (which may quote a
+            # value) reads as a record of its own.
+            text += "\n" + textwrap.indent(self.formatException(record.exc_info), "    ")
         return text
+
+
+def _escaped(text: str) -> str:
+    """``text`` with every control character written as its escape."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
 
 
 # Database drivers log statements with their parameters at DEBUG; a parameter

@@ -28,9 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, NoReturn, TypeVar, overload
 
+from server.admin_tokens import DEFAULT_MAX_LIFETIME_SECONDS
 from server.domain.keys import parse_encryption_keys, parse_hmac_secret
 from server.files import publish_new_file
-from server.store import check_database_url
+from server.store import check_database_url, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +234,24 @@ class Settings:
         shown_default="SQLite in the data dir",
         help="`sqlite+aiosqlite:///FILE` or `postgresql+asyncpg://user@host/db`",
     )
+    database_url_file: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="unset",
+        help="file holding the database URL instead (its password then shows in no "
+        "command line or environment; libpq's `PGPASSWORD` and `PGPASSFILE` also work)",
+    )
     hmac_secret: Secret[bytes] | None = option(
         parse=_secret(parse_hmac_secret),
         unset=None,
         shown_default="generated (SQLite only)",
         help="base64, at least 32 bytes: key of the lookup hash",
+    )
+    hmac_secret_file: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="unset",
+        help="file holding the HMAC secret instead",
     )
     encryption_keys: Secret[tuple[tuple[str, bytes], ...]] | None = option(
         parse=_secret(lambda text: tuple(parse_encryption_keys(text))),
@@ -245,10 +259,16 @@ class Settings:
         shown_default="generated (SQLite only)",
         help="`id:base64,...` AES-256 keys; the first encrypts, all decrypt",
     )
+    encryption_keys_file: Path | None = option(
+        parse=_readable_file,
+        unset=None,
+        shown_default="unset",
+        help="file holding the encryption keys instead",
+    )
     admin_public_keys: Path | None = option(
         parse=_readable_file,
         unset=None,
-        shown_default="development key pair",
+        shown_default="development key pair (SQLite only)",
         help="PEM or JWKS file of the identity service's signing keys",
     )
     admin_audience: str | None = option(
@@ -310,6 +330,12 @@ class Settings:
         help="`apikeys-server health` on a TLS port: the name it checks the server's "
         "certificate against",
     )
+    admin_max_token_lifetime: float = option(
+        parse=_number_at_least(1.0),
+        default=str(DEFAULT_MAX_LIFETIME_SECONDS),
+        help="seconds an admin token may live at most (`exp` - `iat`, or `exp` - now "
+        "without `iat`); longer-lived tokens are refused",
+    )
     routes: Path | None = option(
         parse=_readable_file,
         unset=None,
@@ -336,6 +362,12 @@ class Settings:
         default="100000",
         help="most unknown keys remembered",
     )
+    store_timeout: float = option(
+        parse=_number_at_least(0.001),
+        default="0.5",
+        help="seconds a `Check` waits for the store on a cache miss (less when the call's "
+        "deadline is nearer); past it the check is `UNAVAILABLE`",
+    )
     last_used_flush: float = option(
         parse=_number_at_least(0.01),
         default="5",
@@ -345,6 +377,12 @@ class Settings:
         parse=_number_at_least(0.01),
         default="1",
         help="seconds between reads of the key change feed",
+    )
+    health_probe: float = option(
+        parse=_number_at_least(0.01),
+        default="2",
+        help="seconds between the committed test writes that decide whether `KeyAdmin` "
+        "reports SERVING (a probe that takes longer fails)",
     )
     shutdown_grace: float = option(
         parse=_number_at_least(0.0),
@@ -370,6 +408,12 @@ class Settings:
         parse=_one_of({"json": "json", "text": "text"}),
         default="json",
         help="`json` lines or `text`",
+    )
+    service: str = option(
+        parse=str,
+        unset="",
+        shown_default="the server as a whole",
+        help="the service `apikeys-server health` asks about, e.g. `voiso.apikeys.v1.KeyAdmin`",
     )
 
     @property
@@ -402,6 +446,14 @@ OPTIONS: tuple[Option[Any], ...] = tuple(
 
 _OPTIONS_BY_NAME = {declared.name: declared for declared in OPTIONS}
 
+# Options whose value may be given as a file instead, which keeps a secret out
+# of /proc/PID/cmdline and the environment: the file option, then the value's.
+_GIVEN_AS_FILE = (
+    ("database_url_file", "database_url"),
+    ("hmac_secret_file", "hmac_secret"),
+    ("encryption_keys_file", "encryption_keys"),
+)
+
 
 class _ArgumentParser(argparse.ArgumentParser):
     """Reports a bad command line as one line and exit status 2."""
@@ -422,7 +474,7 @@ def _parser() -> _ArgumentParser:
         default="serve",
         choices=("serve", "migrate", "health"),
         help="serve (default); migrate the database schema and exit; or ask the server "
-        "at --listen for its health (exit 0 when serving)",
+        "at --listen for the health of --service (exit 0 when serving)",
     )
     for declared in OPTIONS:
         parser.add_argument(
@@ -450,6 +502,9 @@ def load_settings(
         text = parsed[declared.name] or environ.get(declared.env)
         if text:
             values[declared.name] = declared.parse_text(text)
+    for file_name, value_name in _GIVEN_AS_FILE:
+        if file_name in values:
+            values[value_name] = _value_from_file(file_name, value_name, values)
     settings = Settings(command=parsed["command"], **values)
     if not settings.database_url:
         settings = replace(
@@ -468,6 +523,26 @@ def load_settings(
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise SettingsError("--tls-client-ca", "needs --tls-cert and --tls-key")
     return settings
+
+
+def _value_from_file(file_name: str, value_name: str, values: Mapping[str, Any]) -> Any:
+    """The value of option ``value_name`` read from the file ``file_name`` names."""
+    file_option, value_option = _OPTIONS_BY_NAME[file_name], _OPTIONS_BY_NAME[value_name]
+    if value_name in values:
+        raise SettingsError(
+            file_option.flag,
+            f"{value_option.flag} ({value_option.env}) is given too; give one of the two",
+        )
+    path: Path = values[file_name]
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(file_option.flag, f"cannot read {path}") from exc
+    try:
+        return value_option.parse(text)
+    except ValueError as exc:
+        # from None: the chained error could quote the secret being parsed.
+        raise SettingsError(file_option.flag, f"{path}: {exc}") from None
 
 
 def markdown_table() -> str:
@@ -518,6 +593,28 @@ def with_secrets(settings: Settings) -> Settings:
         )
         encryption_keys = _OPTIONS_BY_NAME["encryption_keys"].parse_text(text)
     return replace(settings, hmac_secret=hmac_secret, encryption_keys=encryption_keys)
+
+
+def ensure_database_present(settings: Settings) -> None:
+    """Refuses a SQLite database file that is missing from a data directory
+    holding this service's generated secrets.
+
+    The secrets are made together with the database, so the database was
+    removed or moved since; creating an empty one in its place would lose
+    every key without a word.
+    """
+    database = sqlite_file(settings.database_url)
+    if database is None or database.exists():
+        return
+    for name in (HMAC_SECRET_FILE, ENCRYPTION_KEYS_FILE):
+        secret = settings.data_dir / name
+        if secret.exists():
+            raise SettingsError(
+                "--database-url",
+                f"the database file {database} is missing, yet {secret} shows this data "
+                "directory has held one: restore the file (or remove the secrets to start "
+                "with no keys)",
+            )
 
 
 def ensure_data_dir(path: Path) -> None:

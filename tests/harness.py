@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from clients.devtoken import DEV_SIGNING_KEY_FILE, mint_dev_token
+from server.admin_tokens import ensure_dev_key_pair
 from server.app import ApiKeysServer, Wiring, prepare
 from server.settings import load_settings
 from voiso.apikeys.v1 import authorize_pb2_grpc, key_admin_pb2_grpc
@@ -102,6 +103,10 @@ async def running_server(
         ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--log-format", "text", *args],
         environ={},
     )
+    if settings.is_postgres and settings.admin_public_keys is None:
+        # What the identity service's key file is in production; tokens are
+        # still minted with the pair's private half, as on SQLite.
+        settings = dataclasses.replace(settings, admin_public_keys=ensure_dev_key_pair(data_dir))
     if overrides:
         settings = dataclasses.replace(settings, **overrides)
     server = ApiKeysServer(prepare(settings), wiring=wiring)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from server.admin_tokens import (
+    DEFAULT_MAX_LIFETIME_SECONDS,
     DEV_PUBLIC_KEY_FILE,
     DEV_SIGNING_KEY_FILE,
     AdminTokenVerifier,
@@ -505,3 +506,62 @@ def test_identifiers_longer_than_the_store_keeps_are_refused(tmp_path: Path, cla
     assert verifier.verify(_signed(private_key, **{claim: "x" * 128}))
     with pytest.raises(Unauthenticated, match=claim):
         verifier.verify(_signed(private_key, **{claim: "x" * 129}))
+
+
+@pytest.mark.parametrize(
+    ("claims", "accepted"),
+    [
+        ({"iat": 0, "exp": DEFAULT_MAX_LIFETIME_SECONDS}, True),
+        ({"iat": 0, "exp": DEFAULT_MAX_LIFETIME_SECONDS + 1}, False),
+        ({"iat": -3000, "exp": 600}, True),
+        ({"iat": -3000, "exp": 601}, False),
+        ({"exp": DEFAULT_MAX_LIFETIME_SECONDS - 60}, True),
+        ({"exp": DEFAULT_MAX_LIFETIME_SECONDS + 60}, False),
+        ({"exp": 10**18}, False),
+        ({"iat": 0, "exp": 10**18}, False),
+    ],
+    ids=lambda value: repr(value),
+)
+def test_a_token_living_longer_than_the_maximum_is_refused(
+    tmp_path: Path, claims: dict[str, int], accepted: bool
+) -> None:
+    private_key, verifier = _ed25519_verifier(tmp_path)
+    now = int(time.time())
+    relative = {name: value if value >= 10**18 else now + value for name, value in claims.items()}
+    token = _signed(private_key, **relative)
+
+    if accepted:
+        assert verifier.verify(token).actor_id == "admin-1"
+    else:
+        with pytest.raises(Unauthenticated, match="lives longer"):
+            verifier.verify(token)
+
+
+def test_the_maximum_lifetime_is_configurable(tmp_path: Path) -> None:
+    private_key, verifier = _ed25519_verifier(tmp_path, max_lifetime=60)
+    now = int(time.time())
+
+    assert verifier.verify(_signed(private_key, iat=now, exp=now + 60))
+    with pytest.raises(Unauthenticated, match="60 s"):
+        verifier.verify(_signed(private_key, iat=now, exp=now + 61))
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("shape", [str, float, bool], ids=["string", "float", "bool"])
+def test_times_must_be_json_numbers(tmp_path: Path, claim: str, shape: type) -> None:
+    private_key, verifier = _ed25519_verifier(tmp_path)
+    now = int(time.time())
+    claims: dict[str, Any] = {"iat": now, "nbf": now, "exp": now + 300}
+    if shape is str:
+        claims[claim] = str(claims[claim])
+    elif shape is float:
+        claims[claim] = float(claims[claim])
+    else:
+        claims[claim] = True
+    token = _signed(private_key, **claims)
+
+    if shape is float:
+        assert verifier.verify(token).actor_id == "admin-1"
+    else:
+        with pytest.raises(Unauthenticated, match=claim):
+            verifier.verify(token)

@@ -1,12 +1,17 @@
-"""Files the server generates are published whole, once, and private."""
+"""Files the server generates are published whole, once, and private (mode
+0600: the database and its -wal and -shm, the secrets, the key pair)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
 import threading
 from pathlib import Path
 
 from server.files import publish_new_file, replace_file
+from tests.harness import running_server
+from voiso.apikeys.v1 import key_admin_pb2 as pb
 
 
 def _mode(path: Path) -> int:
@@ -56,3 +61,32 @@ def test_replace_file_overwrites_with_the_given_mode(tmp_path: Path) -> None:
     assert path.read_bytes() == b"fresh\n"
     assert _mode(path) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["public.pem"]
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {path.name: _mode(path) for path in directory.iterdir()}
+
+
+async def test_every_file_a_running_server_writes_is_private_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    previous = os.umask(0o022)
+    try:
+        async with running_server(data_dir) as h:
+            await h.admin.CreateKey(
+                pb.CreateKeyRequest(name="k", scopes=["users.read"]), metadata=h.auth()
+            )
+            modes = await asyncio.to_thread(_modes, data_dir)
+    finally:
+        os.umask(previous)
+
+    assert modes == {
+        "apikeys.db": 0o600,
+        "apikeys.db-wal": 0o600,
+        "apikeys.db-shm": 0o600,
+        "hmac-secret": 0o600,
+        "encryption-keys": 0o600,
+        "dev-admin-signing-key.pem": 0o600,
+        "dev-admin-public-key.pem": 0o600,
+    }

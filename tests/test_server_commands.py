@@ -7,8 +7,11 @@ import asyncio
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
+from server.app import AUTHORIZE_SERVICE, KEY_ADMIN_SERVICE
+from tests.api.test_health import remove_database_files
 from tests.harness import Harness, running_server
 from tests.tls_files import Authority
 
@@ -78,3 +81,30 @@ async def test_health_speaks_the_servers_tls_and_presents_its_pair_to_a_client_c
         code, _, err = await _run("health", *listen, *tls, "--health-ca", str(ca.cert))
         assert code == 1
         assert "not healthy" in err
+
+
+async def test_health_asks_about_one_service_and_the_whole_follows_authorize(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var"
+    async with running_server(data_dir, health_probe=0.1) as h:
+        code, out, _ = await _run("health", "--listen", h.target, "--service", KEY_ADMIN_SERVICE)
+        assert (code, out.split()[-1]) == (0, "SERVING")
+
+        await asyncio.to_thread(remove_database_files, data_dir)
+        give_up = time.monotonic() + 10
+        while code == 0 and time.monotonic() < give_up:
+            code, out, _ = await _run(
+                "health", "--listen", h.target, "--service", KEY_ADMIN_SERVICE
+            )
+        assert (code, out.split()[-1]) == (1, "NOT_SERVING")
+
+        for service in (AUTHORIZE_SERVICE, ""):
+            code, out, _ = await _run("health", "--listen", h.target, "--service", service)
+            assert (code, out.split()[-1]) == (0, "SERVING")
+
+
+async def test_health_of_an_unknown_service_fails(harness: Harness) -> None:
+    code, _, err = await _run("health", "--listen", harness.target, "--service", "no.such.Service")
+    assert code == 1
+    assert "NOT_FOUND" in err

@@ -3,6 +3,7 @@ parser and README row."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from pathlib import Path
 
@@ -114,3 +115,65 @@ def test_secrets_are_wrapped() -> None:
     assert settings.encryption_keys is not None
     assert settings.encryption_keys.reveal() == (("k1", bytes(32)),)
     assert "AAAA" not in repr(settings)
+
+
+HMAC_SECRET = base64.b64encode(b"s" * 32).decode()
+ENCRYPTION_KEYS = "k1:" + base64.b64encode(b"e" * 32).decode()
+DATABASE_URL = "postgresql+asyncpg://apikeys:hunter2@db.internal:5432/apikeys"
+
+
+def test_secrets_can_be_given_as_files(tmp_path: Path) -> None:
+    files = {"hmac": HMAC_SECRET, "keys": ENCRYPTION_KEYS, "url": DATABASE_URL}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    args = ["--hmac-secret-file", str(tmp_path / "hmac"), "--database-url-file"]
+    environ = {"APIKEYS_ENCRYPTION_KEYS_FILE": str(tmp_path / "keys")}
+
+    settings = load_settings([*args, str(tmp_path / "url")], environ=environ)
+
+    assert settings.hmac_secret is not None
+    assert settings.hmac_secret.reveal() == b"s" * 32
+    assert settings.encryption_keys is not None
+    assert settings.encryption_keys.reveal() == (("k1", b"e" * 32),)
+    assert settings.database_url == DATABASE_URL
+
+
+@pytest.mark.parametrize(
+    ("value", "file", "environ"),
+    [
+        ("--hmac-secret", "--hmac-secret-file", {}),
+        ("--encryption-keys", "--encryption-keys-file", {}),
+        ("--database-url", "--database-url-file", {}),
+        ("--hmac-secret", "--hmac-secret-file", {"APIKEYS_HMAC_SECRET": HMAC_SECRET}),
+    ],
+)
+def test_a_secret_given_both_as_value_and_file_names_both(
+    tmp_path: Path, value: str, file: str, environ: dict[str, str]
+) -> None:
+    texts = {
+        "--hmac-secret": HMAC_SECRET,
+        "--encryption-keys": ENCRYPTION_KEYS,
+        "--database-url": DATABASE_URL,
+    }
+    path = tmp_path / "secret"
+    path.write_text(texts[value])
+    args = [file, str(path)] + ([] if environ else [value, texts[value]])
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(args, environ=environ)
+
+    assert caught.value.option == file
+    assert value in str(caught.value)
+    assert texts[value] not in str(caught.value)
+
+
+def test_a_bad_secret_file_names_the_file_but_not_the_secret(tmp_path: Path) -> None:
+    path = tmp_path / "hmac"
+    path.write_text("c2hvcnQtYnV0LXNlY3JldA==")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(["--hmac-secret-file", str(path)], environ={})
+
+    assert caught.value.option == "--hmac-secret-file"
+    assert str(path) in str(caught.value)
+    assert "c2hvcnQtYnV0LXNlY3JldA==" not in str(caught.value)

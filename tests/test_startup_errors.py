@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
+from tests.harness import SHARED_SECRETS
 from tests.tls_files import Authority
 
 
@@ -117,6 +118,22 @@ def test_data_dir_that_is_a_file_is_refused(start: Start, tmp_path: Path) -> Non
     _assert_one_line_error(start("--data-dir", str(not_a_dir / "below")), "--data-dir")
 
 
+@pytest.mark.parametrize("secret", ["hmac-secret", "encryption-keys"])
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_data_dir_with_secrets_but_no_database_is_refused(
+    start: Start, tmp_path: Path, secret: str, command: str
+) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    (data_dir / secret).write_text("generated before the database vanished\n")
+
+    result = start(command, "--data-dir", str(data_dir))
+
+    _assert_one_line_error(result, "--database-url")
+    assert str(data_dir / "apikeys.db") in result.stderr
+    assert not (data_dir / "apikeys.db").exists()
+
+
 def test_postgres_without_secrets_is_refused(start: Start, tmp_path: Path) -> None:
     result = start(
         "--data-dir",
@@ -125,6 +142,19 @@ def test_postgres_without_secrets_is_refused(start: Start, tmp_path: Path) -> No
         "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
     )
     _assert_one_line_error(result, "--hmac-secret")
+
+
+def test_postgres_without_admin_public_keys_is_refused(start: Start, tmp_path: Path) -> None:
+    result = start(
+        "--data-dir",
+        str(tmp_path / "var"),
+        "--database-url",
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        *SHARED_SECRETS,
+    )
+
+    _assert_one_line_error(result, "--admin-public-keys")
+    assert list((tmp_path / "var").iterdir()) == []
 
 
 def test_malformed_route_file_names_file_and_line(start: Start, tmp_path: Path) -> None:

@@ -26,12 +26,14 @@ from server.admin_tokens.public_keys import (
 )
 from server.admin_tokens.verify import (
     DEFAULT_LEEWAY_SECONDS,
+    DEFAULT_MAX_LIFETIME_SECONDS,
     MAX_ID_CLAIM_LENGTH,
     AdminTokenVerifier,
 )
 
 __all__ = [
     "DEFAULT_LEEWAY_SECONDS",
+    "DEFAULT_MAX_LIFETIME_SECONDS",
     "DEV_PUBLIC_KEY_FILE",
     "DEV_SIGNING_KEY_FILE",
     "MAX_ID_CLAIM_LENGTH",

@@ -12,7 +12,7 @@ from typing import Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from server.files import publish_new_file, replace_file
+from server.files import PRIVATE_MODE, publish_new_file, replace_file
 
 DEV_SIGNING_KEY_FILE: Final = "dev-admin-signing-key.pem"
 """File name of the development signing key in the data directory (PKCS8 PEM, mode 0600)."""
@@ -47,5 +47,5 @@ def ensure_dev_key_pair(data_dir: Path) -> Path:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     if not public_path.exists() or public_path.read_bytes() != public_pem:
-        replace_file(public_path, public_pem, mode=0o644)
+        replace_file(public_path, public_pem, mode=PRIVATE_MODE)
     return public_path

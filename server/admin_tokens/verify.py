@@ -3,7 +3,9 @@ their claims into the acting user."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +21,11 @@ DEFAULT_LEEWAY_SECONDS: Final = 30
 MAX_ID_CLAIM_LENGTH: Final = 128
 """Longest ``sub`` and ``contact_center_id`` accepted: what the store keeps."""
 
+DEFAULT_MAX_LIFETIME_SECONDS: Final = 3600
+"""Longest lifetime (``exp`` - ``iat``) of a token accepted by default."""
+
+_TIME_CLAIMS: Final = ("exp", "iat", "nbf")
+
 
 class AdminTokenVerifier:
     """Verifies admin JWTs against a fixed set of public keys."""
@@ -30,13 +37,20 @@ class AdminTokenVerifier:
         leeway: int = DEFAULT_LEEWAY_SECONDS,
         audience: str | None = None,
         issuer: str | None = None,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``max_lifetime`` is the longest a token may live, in seconds:
+        ``exp`` - ``iat``, or ``exp`` - now (by ``clock``) without ``iat``.
+        A stolen token is worth no more than that."""
         if not keys:
             raise ValueError("at least one public key is required")
         self._keys = tuple(keys)
         self._leeway = leeway
         self._audience = audience
         self._issuer = issuer
+        self._max_lifetime = max_lifetime
+        self._clock = clock
         # With an audience or issuer configured, tokens must carry and match
         # it; without, those claims are not checked, so tokens that carry one
         # are still accepted.
@@ -47,7 +61,12 @@ class AdminTokenVerifier:
 
     @classmethod
     def from_file(
-        cls, path: Path, *, audience: str | None = None, issuer: str | None = None
+        cls,
+        path: Path,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME_SECONDS,
     ) -> AdminTokenVerifier:
         """Loads the public keys of a PEM file (``PUBLIC KEY`` blocks) or a JWKS JSON file.
 
@@ -55,7 +74,7 @@ class AdminTokenVerifier:
         holds no usable key, or any key of an unsupported type or size.
         """
         keys = load_public_keys(path)
-        return cls(keys, audience=audience, issuer=issuer)
+        return cls(keys, audience=audience, issuer=issuer, max_lifetime=max_lifetime)
 
     def verify(self, token: str) -> Actor:
         """Returns the actor of a valid token; raises ``Unauthenticated`` otherwise.
@@ -104,8 +123,25 @@ class AdminTokenVerifier:
                 raise Unauthenticated("admin token is from another issuer") from None
             except jwt.PyJWTError:
                 raise Unauthenticated("malformed admin token") from None
+            self._check_lifetime(claims)
             return _actor_from_claims(claims)
         raise Unauthenticated("admin token signature does not verify")
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        # PyJWT takes a numeric string, and any number, for a time.
+        for name in _TIME_CLAIMS:
+            if name in claims and not _is_time(claims[name]):
+                raise Unauthenticated(f"admin token claim {name} must be a number of seconds")
+        issued = claims.get("iat")
+        lifetime = claims["exp"] - (self._clock() if issued is None else issued)
+        if lifetime > self._max_lifetime:
+            raise Unauthenticated(
+                f"admin token lives longer than the {self._max_lifetime:g} s accepted"
+            )
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _actor_from_claims(claims: Mapping[str, Any]) -> Actor:

@@ -37,7 +37,9 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
 
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
         try:
-            decision = await self._check(request.key, request.method, request.path)
+            decision = await self._check(
+                request.key, request.method, request.path, time_left=context.time_remaining()
+            )
         except Exception as exc:
             await abort(context, exc)
         return self._response(decision)
@@ -49,7 +51,11 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
         try:
             _validate_batch(checks)
             results = [
-                self._response(await self._check(item.key, item.method, item.path))
+                self._response(
+                    await self._check(
+                        item.key, item.method, item.path, time_left=context.time_remaining()
+                    )
+                )
                 for item in checks
             ]
         except Exception as exc:

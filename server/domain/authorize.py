@@ -12,8 +12,10 @@ than guess.
 
 from __future__ import annotations
 
+import asyncio
+
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.errors import FieldViolation, InvalidArgument, StoreUnavailable
 from server.domain.keys import KeyHasher, checksum_matches, has_key_format
 from server.domain.memo import IdentityMemo
 from server.domain.records import KeyRecord
@@ -35,8 +37,12 @@ class Authorizer:
         hasher: KeyHasher,
         routes: RouteTable,
         usage: UsageRecorder,
+        store_timeout: float,
     ) -> None:
+        """``store_timeout`` bounds, in seconds, how long a check waits for
+        the store on a cache miss."""
         self._keys = keys
+        self._store_timeout = store_timeout
         self._hasher = hasher
         self._routes = routes
         self._usage = usage
@@ -58,9 +64,13 @@ class Authorizer:
             for match in routes.routes
         }
 
-    async def check(self, key: str, method: str, path: str) -> Decision:
+    async def check(
+        self, key: str, method: str, path: str, *, time_left: float | None = None
+    ) -> Decision:
         """Decides one check. Raises ``InvalidArgument`` for an empty method
-        or path and ``StoreUnavailable`` when the key cannot be looked up."""
+        or path and ``StoreUnavailable`` when the key cannot be looked up
+        within the store timeout or ``time_left`` (the seconds left until
+        the caller's deadline, if it has one), whichever ends first."""
         if not method or not path:
             violations = []
             if not method:
@@ -80,13 +90,25 @@ class Authorizer:
         if match is None:
             return ROUTE_NOT_FOUND
         if record is None:
-            record = await self._keys.find_by_lookup_hash(lookup_hash)
+            record = await self._look_up(lookup_hash, time_left)
             if record is None:
                 return self._not_found[id(match)]
         decision = self._decide(record, match)
         if decision.allowed:
             self._usage.record(record.id)
         return decision
+
+    async def _look_up(self, lookup_hash: bytes, time_left: float | None) -> KeyRecord | None:
+        timeout = self._store_timeout
+        if time_left is not None and time_left < timeout:
+            timeout = time_left
+        # Only this caller's wait ends: concurrent misses of one hash share a
+        # lookup that the others may still be waiting for.
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._keys.find_by_lookup_hash(lookup_hash)
+        except TimeoutError:
+            raise StoreUnavailable(f"the key store did not answer within {timeout:g} s") from None
 
     def _decide(self, record: KeyRecord, match: RouteMatch) -> Decision:
         decision = self._decisions.get(record, match)

@@ -11,7 +11,7 @@ feed, ``ChangeFeed`` (with PostgreSQL LISTEN/NOTIFY for prompt wake-ups);
 database failures surface as ``server.domain.errors.StoreUnavailable``.
 """
 
-from server.store._engine import check_database_url
+from server.store._engine import check_database_url, sqlite_file
 from server.store._sql import (
     SqlKeyStore,
     migrate,
@@ -23,4 +23,5 @@ __all__ = [
     "check_database_url",
     "migrate",
     "open_store",
+    "sqlite_file",
 ]

@@ -7,16 +7,23 @@ and PostgreSQL through asyncpg (shared by replicas).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from server.domain.errors import StoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 SQLITE_DRIVER = "sqlite+aiosqlite"
 POSTGRES_DRIVER = "postgresql+asyncpg"
@@ -38,6 +45,12 @@ _WAL_SWITCH_RETRY_S = 0.05
 _SQLITE_BEGIN = "apikeys_sqlite_begin"
 _SQLITE_BEGINS = {"deferred": "BEGIN", "immediate": "BEGIN IMMEDIATE"}
 
+# Connection info entry: the SQLite file a connection opened, and its identity.
+_OPENED_FILE = "apikeys_opened_file"
+# The database holds every key's lookup hash and ciphertext; SQLite gives its
+# -wal and -shm files the database file's mode, so all three stay private.
+_SQLITE_FILE_MODE = 0o600
+
 _EXAMPLES = "sqlite+aiosqlite:///path/to/keys.db or postgresql+asyncpg://user@host:5432/dbname"
 
 
@@ -47,6 +60,14 @@ def check_database_url(url: str) -> None:
     The message never repeats a password from the URL.
     """
     _parse(url)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite ``url``; None for PostgreSQL."""
+    parsed = _parse(url)
+    if parsed.drivername != SQLITE_DRIVER or parsed.database is None:
+        return None
+    return Path(parsed.database)
 
 
 def _parse(url: str) -> URL:
@@ -89,8 +110,8 @@ async def create_engine(url: str) -> AsyncEngine:
     parsed = _parse(url)
     if parsed.drivername == SQLITE_DRIVER:
         assert parsed.database is not None
-        await asyncio.to_thread(_prepare_sqlite_file, Path(parsed.database))
-        return _sqlite_engine(parsed)
+        path = await asyncio.to_thread(_prepare_sqlite_file, Path(parsed.database))
+        return _sqlite_engine(parsed, path)
     return _postgres_engine(parsed)
 
 
@@ -106,9 +127,9 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{_SQLITE_BEGIN: "immediate"})
 
 
-def _prepare_sqlite_file(path: Path) -> None:
+def _prepare_sqlite_file(path: Path) -> Path:
     """Create the database and switch it to WAL, which lets readers run while
-    a writer commits.
+    a writer commits. Returns the file's absolute path.
 
     The journal mode is stored in the file, so it is set once here, before
     the engine opens any connection, rather than on every connect: switching
@@ -117,29 +138,40 @@ def _prepare_sqlite_file(path: Path) -> None:
     a new file can still collide, hence the few retries.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Created here, private, rather than by sqlite3.connect with the umask's
+    # mode; an existing file is opened and left as it is.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, _SQLITE_FILE_MODE))
     for attempt in range(_WAL_SWITCH_ATTEMPTS):
         connection = sqlite3.connect(
             path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
         )
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            return
+            return path.absolute()
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or attempt + 1 == _WAL_SWITCH_ATTEMPTS:
                 raise
         finally:
             connection.close()
         time.sleep(_WAL_SWITCH_RETRY_S)
+    raise AssertionError("the last attempt returns or raises")  # pragma: no cover
 
 
-def _sqlite_engine(url: URL) -> AsyncEngine:
-    engine = create_async_engine(url, hide_parameters=True, pool_timeout=POOL_TIMEOUT_S)
+def _sqlite_engine(url: URL, path: Path) -> AsyncEngine:
+    # mode=rw: a connection opened after the file was removed fails instead
+    # of creating an empty database in its place, which a restart would then
+    # take for the real one.
+    opened = url.set(database=f"file:{quote(str(path))}?mode=rw", query={"uri": "true"})
+    engine = create_async_engine(opened, hide_parameters=True, pool_timeout=POOL_TIMEOUT_S)
 
     # The recipe from SQLAlchemy's SQLite dialect documentation: the sqlite3
     # module's own transaction handling does not BEGIN before a SELECT, so
     # reads would not be isolated; SQLAlchemy emits BEGIN itself instead.
     @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Taken just after SQLite opened the file, so it names the file this
+        # connection reads and writes for as long as it lives.
+        record.info[_OPENED_FILE] = (path, _file_identity(path))
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
@@ -154,6 +186,38 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
         connection.exec_driver_sql(_SQLITE_BEGINS[mode])
 
     return engine
+
+
+async def ensure_same_database_file(conn: AsyncConnection) -> None:
+    """On SQLite, raises ``StoreUnavailable`` unless the database file that
+    ``conn`` has open is still the file at its path (same device and inode).
+
+    Called inside a write transaction before it commits: a write into a file
+    that was removed or replaced under the running server would be
+    acknowledged and then lost. PostgreSQL connections pass.
+    """
+    raw = await conn.get_raw_connection()
+    opened = raw.info.get(_OPENED_FILE)
+    if opened is None:
+        return
+    path, identity = opened
+    if _file_identity(path) == identity:
+        return
+    logger.error(
+        "the SQLite database file was removed or replaced under the running server; "
+        "its writes are refused: restore the file, then restart the server",
+        extra={"file": str(path)},
+    )
+    raise StoreUnavailable("the key store's database file is gone")
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``, or None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _postgres_engine(url: URL) -> AsyncEngine:

@@ -1,7 +1,7 @@
 """The tables, as SQLAlchemy Core metadata.
 
-Migrations ``0001_initial`` and ``0002_key_changes`` create exactly these; a
-test compares the two.
+Migrations ``0001_initial``, ``0002_key_changes`` and ``0004_write_probes``
+create exactly these; a test compares the two.
 Times are integer microseconds since the Unix epoch (UTC) so that SQLite and
 PostgreSQL compare and order them the same way.
 """
@@ -126,4 +126,15 @@ key_changes_pruned = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("pruned_through", BigInteger, nullable=False),
+)
+
+# Always empty: the health probe inserts a row and deletes it again in one
+# committed transaction, proving the database takes writes (a SELECT succeeds
+# on a read-only or full one) without leaving anything behind or contending
+# with other replicas for a row.
+write_probes = Table(
+    "write_probes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("time", BigInteger, nullable=False),
 )

@@ -53,7 +53,7 @@ from server.domain.records import (
     KeyRecord,
 )
 from server.domain.store import ChangeFeed, KeyStore
-from server.store._engine import create_engine, writer
+from server.store._engine import create_engine, ensure_same_database_file, writer
 from server.store._listener import CHANGE_CHANNEL, ChangeListener
 from server.store._schema import (
     api_keys,
@@ -62,6 +62,7 @@ from server.store._schema import (
     key_changes,
     key_changes_pruned,
     retired_lookup_hashes,
+    write_probes,
 )
 
 logger = logging.getLogger(__name__)
@@ -499,6 +500,18 @@ class SqlKeyStore(KeyStore, ChangeFeed):
             result = await conn.execute(delete(key_changes).where(key_changes.c.seq <= through))
         return int(result.rowcount)
 
+    async def probe_write(self) -> None:
+        """Commit a write, proving the database takes them now; raises
+        ``StoreUnavailable`` when it does not (down, read-only, full, or on
+        SQLite a database file removed or replaced)."""
+        async with self._write("probe_write") as conn:
+            probe = await conn.scalar(
+                insert(write_probes)
+                .values(time=_to_micros(datetime.now(UTC)))
+                .returning(write_probes.c.id)
+            )
+            await conn.execute(delete(write_probes).where(write_probes.c.id == probe))
+
     async def follow_notifications(self, wake: Callable[[], None]) -> None:
         """On PostgreSQL, LISTEN on a dedicated connection and call ``wake``
         on every change notification and every (re)connect, until cancelled.
@@ -536,13 +549,15 @@ class SqlKeyStore(KeyStore, ChangeFeed):
     @contextlib.asynccontextmanager
     async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
         """A write transaction: committed when the block ends, rolled back
-        if it raises."""
+        if it raises. On SQLite it commits only into the file still at the
+        database's path."""
         with _unavailable_on_error(operation):
             async with contextlib.AsyncExitStack() as stack:
                 if self._sqlite_write_lock is not None:
                     await stack.enter_async_context(self._sqlite_write_lock)
                 conn = await stack.enter_async_context(self._writer.begin())
                 yield conn
+                await ensure_same_database_file(conn)
 
     @contextlib.asynccontextmanager
     async def _read(

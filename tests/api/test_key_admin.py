@@ -264,6 +264,8 @@ async def test_no_bad_or_expired_token_is_unauthenticated(harness: Harness) -> N
         (("authorization", "Basic abc"),),
         (("authorization", "Bearer not.a.jwt"),),
         harness.auth(expired_token(harness)),
+        # Longer-lived than APIKEYS_ADMIN_MAX_TOKEN_LIFETIME (default an hour).
+        harness.auth(ttl_seconds=3601),
     ]
     for metadata in cases:
         exc = await rpc_error(harness.admin.ListKeys(request, metadata=metadata))

@@ -38,6 +38,13 @@ class OneKey:
         return None
 
 
+class NoDeadline:
+    """The servicer context of a call without a deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
 def authorizer() -> Authorizer:
     keys: Any = OneKey()
     return Authorizer(
@@ -45,6 +52,7 @@ def authorizer() -> Authorizer:
         hasher=HASHER,
         routes=RouteTable.load(known_scopes=SCOPE_CATALOG.keys()),
         usage=UsageRecorder(keys, interval=3600),
+        store_timeout=1.0,
     )
 
 
@@ -59,7 +67,7 @@ def test_every_response_field_comes_from_the_decision() -> None:
 async def test_repeated_checks_share_one_response_that_nothing_changes() -> None:
     checks = AuthorizeServicer(authorizer())
     request = az.CheckRequest(key=KEY, method="GET", path="/api/v4/campaigns")
-    context: Any = None
+    context: Any = NoDeadline()
     first = await checks.Check(request, context)
     sent = first.SerializeToString()
     batch = await checks.CheckBatch(az.CheckBatchRequest(checks=[request] * 3), context)
@@ -74,7 +82,7 @@ async def test_repeated_checks_share_one_response_that_nothing_changes() -> None
 
 async def test_the_shared_response_is_the_decisions_wire_form() -> None:
     checks = AuthorizeServicer(authorizer())
-    context: Any = None
+    context: Any = NoDeadline()
     for method, path in (("GET", "/api/v4/campaigns"), ("GET", "/api/v4/users"), ("GET", "/x")):
         request = az.CheckRequest(key=KEY, method=method, path=path)
         response = await checks.Check(request, context)
