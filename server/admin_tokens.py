@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from server.domain.errors import Unauthenticated
 from server.domain.permissions import Actor
+from server.domain.validation import has_control_characters
 
 DEV_SIGNING_KEY_FILE: Final = "dev-admin-signing-key.pem"
 """File name of the development signing key in the data directory (PKCS8 PEM, mode 0600)."""
@@ -312,6 +313,8 @@ def _actor_from_claims(claims: Mapping[str, Any]) -> Actor:
     sag = claims.get("sag", False)
     if not isinstance(sag, bool):
         raise Unauthenticated("admin token claim sag must be a boolean")
+    if has_control_characters(subject) or has_control_characters(contact_center_id):
+        raise Unauthenticated("admin token claims sub and contact_center_id must be plain text")
     return Actor(
         actor_id=subject,
         contact_center_id=contact_center_id,

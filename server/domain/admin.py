@@ -9,7 +9,6 @@ existed.
 from __future__ import annotations
 
 import secrets
-import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from server.domain.records import (
 )
 from server.domain.scopes import SCOPE_CATALOG, Scope
 from server.domain.store import KeyStore
+from server.domain.validation import has_control_characters
 
 MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 500
@@ -134,6 +134,10 @@ class KeyAdministration:
         """A page of keys whose name or description contains ``query``."""
         _require(actor, Permission.VIEW)
         violations: list[FieldViolation] = []
+        if has_control_characters(query):
+            violations.append(
+                FieldViolation(field="query", description="must not contain control characters")
+            )
         query = query.strip()
         if len(query) > MAX_QUERY_LENGTH:
             violations.append(
@@ -294,7 +298,7 @@ def _name(value: str, violations: list[FieldViolation]) -> str:
         violations.append(
             FieldViolation(field="name", description=f"must be 1 to {MAX_NAME_LENGTH} characters")
         )
-    elif _has_control(name, allowed=frozenset()):
+    elif has_control_characters(value):
         violations.append(
             FieldViolation(field="name", description="must not contain control characters")
         )
@@ -310,7 +314,7 @@ def _description(value: str, violations: list[FieldViolation]) -> str:
                 description=f"must be at most {MAX_DESCRIPTION_LENGTH} characters",
             )
         )
-    elif _has_control(description, allowed=_ALLOWED_CONTROL_IN_DESCRIPTION):
+    elif has_control_characters(value, allowed=_ALLOWED_CONTROL_IN_DESCRIPTION):
         violations.append(
             FieldViolation(
                 field="description",
@@ -334,12 +338,6 @@ def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[st
                 )
             )
     return scopes
-
-
-def _has_control(text: str, *, allowed: frozenset[str]) -> bool:
-    return any(
-        unicodedata.category(char) in ("Cc", "Zl", "Zp") and char not in allowed for char in text
-    )
 
 
 def _key_cursor(position: dict[str, object]) -> KeyCursor:

@@ -1,0 +1,112 @@
+"""Bad admin input is refused in the domain, the same way on every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+
+from tests.api.rpc import bad_fields, rpc_error
+from tests.harness import Harness
+from voiso.apikeys.v1 import key_admin_pb2 as pb
+
+CONTROL_TEXT = ("\x00", "a\x00b", "\x1b[31m", "x\x7f", "line\u2028break", "\x85")
+
+
+async def create(h: Harness, **claims: Any) -> pb.CreateKeyResponse:
+    request = pb.CreateKeyRequest(name="CRM sync", scopes=["campaigns.read"])
+    return await h.admin.CreateKey(request, metadata=h.auth(**claims))
+
+
+@pytest.mark.parametrize("query", CONTROL_TEXT)
+async def test_a_control_character_in_a_query_is_invalid_argument(
+    harness_on: Harness, query: str
+) -> None:
+    # Before: UNAVAILABLE on PostgreSQL, and on SQLite "\x00" matched every key.
+    await create(harness_on)
+    exc = await rpc_error(
+        harness_on.admin.ListKeys(pb.ListKeysRequest(query=query), metadata=harness_on.auth())
+    )
+    assert bad_fields(exc) == ["query"]
+
+
+async def test_control_characters_in_names_descriptions_and_ids_are_invalid_argument(
+    harness_on: Harness,
+) -> None:
+    auth = harness_on.auth()
+    key_id = (await create(harness_on)).key.id
+    cases = [
+        (
+            harness_on.admin.CreateKey(
+                pb.CreateKeyRequest(name="a\x00b", description="c\x00", scopes=["users.read"]),
+                metadata=auth,
+            ),
+            ["name", "description"],
+        ),
+        (
+            harness_on.admin.UpdateKey(
+                pb.UpdateKeyRequest(
+                    id=key_id, name="renamed\x1f", update_mask=FieldMask(paths=["name"])
+                ),
+                metadata=auth,
+            ),
+            ["name"],
+        ),
+        (harness_on.admin.GetKey(pb.GetKeyRequest(id=key_id + "\x00"), metadata=auth), ["id"]),
+        (
+            harness_on.admin.ListAuditEvents(
+                pb.ListAuditEventsRequest(key_id="\x00"), metadata=auth
+            ),
+            ["key_id"],
+        ),
+    ]
+    for call, fields in cases:
+        assert bad_fields(await rpc_error(call)) == fields
+    kept = await harness_on.admin.GetKey(pb.GetKeyRequest(id=key_id), metadata=auth)
+    assert kept.key.name == "CRM sync"
+
+
+async def test_a_description_keeps_its_newlines_and_tabs(harness_on: Harness) -> None:
+    created = await harness_on.admin.CreateKey(
+        pb.CreateKeyRequest(name="ok", description="line one\n\tline two", scopes=["users.read"]),
+        metadata=harness_on.auth(),
+    )
+    assert created.key.description == "line one\n\tline two"
+
+
+async def test_a_page_token_with_a_control_character_added_is_invalid_argument(
+    harness_on: Harness,
+) -> None:
+    auth = harness_on.auth()
+    for _ in range(2):
+        await create(harness_on)
+    first = await harness_on.admin.ListKeys(pb.ListKeysRequest(page_size=1), metadata=auth)
+    assert first.next_page_token
+    for token in ("\x00" + first.next_page_token, first.next_page_token + "\n"):
+        exc = await rpc_error(
+            harness_on.admin.ListKeys(
+                pb.ListKeysRequest(page_size=1, page_token=token), metadata=auth
+            )
+        )
+        assert bad_fields(exc) == ["page_token"]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"subject": "admin\x00"},
+        {"contact_center": "cc\x00"},
+        {"subject": "admin\nINFO forged line"},
+        {"contact_center": "cc-\ud800"},
+    ],
+)
+async def test_a_control_character_in_a_token_claim_is_unauthenticated(
+    harness_on: Harness, claims: dict[str, str]
+) -> None:
+    # Before: UNAVAILABLE on PostgreSQL, which cannot store a NUL.
+    exc = await rpc_error(create(harness_on, **claims))
+    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    listed = await harness_on.admin.ListKeys(pb.ListKeysRequest(), metadata=harness_on.auth())
+    assert listed.total_size == 0
