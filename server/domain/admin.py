@@ -180,15 +180,16 @@ class KeyAdministration:
         violations: list[FieldViolation] = []
         _check_key_id(key_id, "id", violations)
         paths = set(update_mask) or set(UPDATABLE_FIELDS)
-        unknown = sorted(paths - set(UPDATABLE_FIELDS))
-        if unknown:
-            violations.append(
-                FieldViolation(
-                    field="update_mask",
-                    description=f"unknown paths {', '.join(unknown)}; "
-                    f"allowed: {', '.join(UPDATABLE_FIELDS)}",
-                )
+        violations.extend(
+            # Named by position, never echoed: a pasted secret must not come
+            # back in an error.
+            FieldViolation(
+                field=f"update_mask.paths[{index}]",
+                description=f"is not an updatable field; allowed: {', '.join(UPDATABLE_FIELDS)}",
             )
+            for index, path in enumerate(update_mask)
+            if path not in UPDATABLE_FIELDS
+        )
         changes = KeyChanges(
             name=_name(name, violations) if "name" in paths else None,
             description=_description(description, violations) if "description" in paths else None,
