@@ -39,6 +39,10 @@ MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 500
 MAX_QUERY_LENGTH = 100
 MAX_ID_LENGTH = 64
+# Far more scopes than the catalog has, or mask paths than there are
+# fields: past this a list is refused whole, so a 1 MB request of junk
+# entries cannot cost a violation (and CPU time) per entry.
+MAX_LIST_ENTRIES = 100
 UPDATABLE_FIELDS = ("name", "description", "scopes")
 _KEY_ID_PREFIX = "key_"
 _ALLOWED_CONTROL_IN_DESCRIPTION = frozenset("\n\t")
@@ -180,16 +184,18 @@ class KeyAdministration:
         violations: list[FieldViolation] = []
         _check_key_id(key_id, "id", violations)
         paths = set(update_mask) or set(UPDATABLE_FIELDS)
-        violations.extend(
-            # Named by position, never echoed: a pasted secret must not come
-            # back in an error.
-            FieldViolation(
-                field=f"update_mask.paths[{index}]",
-                description=f"is not an updatable field; allowed: {', '.join(UPDATABLE_FIELDS)}",
+        if not _too_long(update_mask, "update_mask.paths", violations):
+            violations.extend(
+                # Named by position, never echoed: a pasted secret must not
+                # come back in an error.
+                FieldViolation(
+                    field=f"update_mask.paths[{index}]",
+                    description="is not an updatable field; "
+                    f"allowed: {', '.join(UPDATABLE_FIELDS)}",
+                )
+                for index, path in enumerate(update_mask)
+                if path not in UPDATABLE_FIELDS
             )
-            for index, path in enumerate(update_mask)
-            if path not in UPDATABLE_FIELDS
-        )
         changes = KeyChanges(
             name=_name(name, violations) if "name" in paths else None,
             description=_description(description, violations) if "description" in paths else None,
@@ -326,6 +332,8 @@ def _description(value: str, violations: list[FieldViolation]) -> str:
 
 
 def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+    if _too_long(values, "scopes", violations):
+        return ()
     scopes = tuple(sorted(set(values)))
     if not scopes:
         violations.append(FieldViolation(field="scopes", description="must name at least one"))
@@ -339,6 +347,15 @@ def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[st
                 )
             )
     return scopes
+
+
+def _too_long(values: Collection[str], field: str, violations: list[FieldViolation]) -> bool:
+    if len(values) <= MAX_LIST_ENTRIES:
+        return False
+    violations.append(
+        FieldViolation(field=field, description=f"must hold at most {MAX_LIST_ENTRIES} entries")
+    )
+    return True
 
 
 def _key_cursor(position: dict[str, object]) -> KeyCursor:
