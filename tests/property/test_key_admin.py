@@ -5,6 +5,7 @@ another tenant's key."""
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ FIELD_WORDS = " ".join(
         *SCOPE_CATALOG,
     ]
 )
+VISIBLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F))
 # The shortest value whose appearance in an error counts as an echo.
 ECHO_MIN_LENGTH = 8
 # Codes an admin call may end with; INTERNAL, UNKNOWN or UNAVAILABLE (a
@@ -237,10 +239,22 @@ async def test_key_admin_answers_every_input_safely_and_within_its_tenant(
     by_rpc = requests(tenants)
     rpc = data.draw(st.sampled_from(sorted(by_rpc)), label="rpc")
     request, sent = data.draw(by_rpc[rpc], label="request")
+    # Now and then a header that is no token at all (metadata values are
+    # visible ASCII).
+    header = data.draw(
+        weighted((19, st.none()), (1, st.text(alphabet=VISIBLE_ASCII, max_size=80))),
+        label="raw authorization",
+    )
+    metadata = harness_on.auth(**claims) if header is None else (("authorization", header),)
     method: Callable[..., Awaitable[Any]] = getattr(harness_on.admin, rpc)
-    got = await outcome(method(request, metadata=harness_on.auth(**claims)))
+    got = await outcome(method(request, metadata=metadata))
     event(rpc)
     event(f"{rpc}: {got.code.name}")
+    if header is not None and request.ByteSize() <= MAX_MESSAGE_BYTES:
+        assert got.code == grpc.StatusCode.UNAUTHENTICATED, got.code
+        assert got.error is not None
+        assert_nothing_echoed(got.error, [header])
+        return
     if request.ByteSize() > MAX_MESSAGE_BYTES:
         assert got.code == grpc.StatusCode.RESOURCE_EXHAUSTED, got.code
         return
@@ -252,3 +266,68 @@ async def test_key_admin_answers_every_input_safely_and_within_its_tenant(
         assert_nothing_echoed(got.error, [*sent, claims["subject"]])
     assert_tenancy(tenants, claims["contact_center"], rpc, request, got)
     await assert_owner_key_untouched(harness_on, tenants)
+
+
+SEARCH_CENTERS = itertools.count()
+# Letters whose case folding is not one-to-one, LIKE wildcards and their
+# escape, combining marks and astral characters.
+SEARCH_ALPHABET = "aAbBsSßẞİIi\u0131Σ\u03c3ςﬁ%_\\ -é\u0301😀"
+
+
+@st.composite
+def searches(draw: st.DrawFn) -> tuple[list[tuple[str, str]], str]:
+    """A few keys' names and descriptions, and a query: a piece of one of
+    them with its case changed, or anything in the same alphabet."""
+    name = st.text(alphabet=SEARCH_ALPHABET, min_size=1, max_size=10).filter(str.strip)
+    keys = draw(
+        st.lists(st.tuples(name, st.text(alphabet=SEARCH_ALPHABET, max_size=10)), max_size=4)
+    )
+    pieces = [text for pair in keys for text in pair if text]
+    if pieces and draw(st.booleans()):
+        piece = draw(st.sampled_from(pieces))
+        start = draw(st.integers(0, len(piece)))
+        end = draw(st.integers(start, len(piece)))
+        query = piece[start:end]
+        if draw(st.booleans()):
+            query = query.swapcase()
+    else:
+        query = draw(st.text(alphabet=SEARCH_ALPHABET, max_size=4))
+    return keys, query
+
+
+def matches(query: str, name: str, description: str) -> bool:
+    """The contract's search: a case-insensitive substring of the name or
+    the description (both trimmed as stored), with no wildcards."""
+    folded = query.strip().casefold()
+    return folded in name.strip().casefold() or folded in description.strip().casefold()
+
+
+@given(search=searches())
+async def test_list_keys_finds_exactly_the_keys_whose_text_contains_the_query(
+    harness_on: Harness, search: tuple[list[tuple[str, str]], str]
+) -> None:
+    keys, query = search
+    # A contact center of the example's own, so earlier examples' keys
+    # cannot match.
+    auth = harness_on.auth(contact_center=f"cc-search-{next(SEARCH_CENTERS)}")
+    expected = set()
+    for name, description in keys:
+        created = await harness_on.admin.CreateKey(
+            pb.CreateKeyRequest(name=name, description=description, scopes=["users.read"]),
+            metadata=auth,
+        )
+        if matches(query, name, description):
+            expected.add(created.key.id)
+    listed = await harness_on.admin.ListKeys(pb.ListKeysRequest(query=query), metadata=auth)
+    assert {key.id for key in listed.keys} == expected
+    assert listed.total_size == len(expected)
+    paged, token = [], ""
+    while True:
+        page = await harness_on.admin.ListKeys(
+            pb.ListKeysRequest(query=query, page_size=1, page_token=token), metadata=auth
+        )
+        paged.extend(key.id for key in page.keys)
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == [key.id for key in listed.keys]
