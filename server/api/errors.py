@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "apikeys.voiso.com"
 # Ten violations cover any honest request (a create has three fields) and
-# keep the status near 1 KB; 10,000 bad scopes would otherwise make ~600 KB,
-# past what a client accepts in its trailers.
+# keep the status near 1 KB however many entries are bad; a status is sent in
+# the trailers, and grpc clients refuse trailers past a few KB by default.
 MAX_FIELD_VIOLATIONS = 10
 
 RequestT = TypeVar("RequestT")
