@@ -25,16 +25,14 @@ async def create(h: Harness, **claims: Any) -> pb.CreateKeyResponse:
     return await h.admin.CreateKey(request, metadata=h.auth(**claims))
 
 
-@pytest.mark.parametrize("query", CONTROL_TEXT)
-async def test_a_control_character_in_a_query_is_invalid_argument(
-    harness_on: Harness, query: str
-) -> None:
+async def test_a_control_character_in_a_query_is_invalid_argument(harness_on: Harness) -> None:
     # Before: UNAVAILABLE on PostgreSQL, and on SQLite "\x00" matched every key.
     await create(harness_on)
-    exc = await rpc_error(
-        harness_on.admin.ListKeys(pb.ListKeysRequest(query=query), metadata=harness_on.auth())
-    )
-    assert bad_fields(exc) == ["query"]
+    for query in CONTROL_TEXT:
+        exc = await rpc_error(
+            harness_on.admin.ListKeys(pb.ListKeysRequest(query=query), metadata=harness_on.auth())
+        )
+        assert bad_fields(exc) == ["query"], query
 
 
 async def test_control_characters_in_names_descriptions_and_ids_are_invalid_argument(
