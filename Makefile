@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install install-runtime serve test lint settings-table generate check-generated postgres bench h2load clean
+.PHONY: install install-runtime serve test fuzz lint settings-table generate check-generated postgres bench h2load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ serve: $(STAMP)
 ## Runs the whole suite; the PostgreSQL tests need the local server, started here if down.
 test: $(STAMP) postgres
 	$(PY) -m pytest -q
+
+## The property-based suite at length (thousands of examples per property;
+## about ten minutes), with the examples each RPC got. `make test` runs it briefly.
+fuzz: $(STAMP) postgres
+	APIKEYS_HYPOTHESIS_PROFILE=long $(PY) -m pytest -q tests/property --hypothesis-show-statistics
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

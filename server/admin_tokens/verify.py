@@ -14,6 +14,7 @@ import jwt
 from server.admin_tokens.public_keys import VerificationKey, load_public_keys
 from server.domain.errors import Unauthenticated
 from server.domain.permissions import Actor
+from server.domain.validation import has_control_characters
 
 DEFAULT_LEEWAY_SECONDS: Final = 30
 """Clock skew tolerated between the identity service and this server."""
@@ -168,6 +169,8 @@ def _actor_from_claims(claims: Mapping[str, Any]) -> Actor:
     sag = claims.get("sag", False)
     if not isinstance(sag, bool):
         raise Unauthenticated("admin token claim sag must be a boolean")
+    if has_control_characters(subject) or has_control_characters(contact_center_id):
+        raise Unauthenticated("admin token claims sub and contact_center_id must be plain text")
     return Actor(
         actor_id=subject,
         contact_center_id=contact_center_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, NoReturn, TypeAlias, TypeVar
 
 import grpc
@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server.domain.errors import (
+    FieldViolation,
     InvalidArgument,
     KeyLimitExceeded,
     KeyNotFound,
@@ -31,6 +32,10 @@ from server.domain.errors import (
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "apikeys.voiso.com"
+# Ten violations cover any honest request (a create has three fields) and
+# keep the status near 1 KB however many entries are bad; a status is sent in
+# the trailers, and grpc clients refuse trailers past a few KB by default.
+MAX_FIELD_VIOLATIONS = 10
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -89,18 +94,7 @@ def translates_errors(
 
 def _describe(exc: BaseException) -> Described | None:
     if isinstance(exc, InvalidArgument):
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=violation.field, description=violation.description
-                )
-                for violation in exc.violations
-            ]
-        )
-        message = "invalid request: " + "; ".join(
-            f"{v.field} {v.description}" for v in exc.violations
-        )
-        return code_pb2.INVALID_ARGUMENT, message, "INVALID_ARGUMENT", [bad_request]
+        return _invalid_argument(exc.violations)
     if isinstance(exc, Unauthenticated):
         return code_pb2.UNAUTHENTICATED, f"admin token rejected: {exc}", "TOKEN_INVALID", []
     if isinstance(exc, PermissionDenied):
@@ -138,6 +132,27 @@ def _describe(exc: BaseException) -> Described | None:
     if isinstance(exc, StoreUnavailable):
         return code_pb2.UNAVAILABLE, "key store unavailable; retry", "STORE_UNAVAILABLE", []
     return None
+
+
+def _invalid_argument(violations: Sequence[FieldViolation]) -> Described:
+    """The answer for bad input: violations name fields (the domain never
+    puts a caller's value in one) and only the first
+    ``MAX_FIELD_VIOLATIONS`` are listed, so the status stays a few KB
+    whatever the request's size; the rest are counted in one last entry."""
+    listed = [(v.field, v.description) for v in violations[:MAX_FIELD_VIOLATIONS]]
+    omitted = len(violations) - len(listed)
+    if omitted:
+        listed.append(("", f"and {omitted} more invalid fields"))
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in listed
+        ]
+    )
+    message = "invalid request: " + "; ".join(
+        f"{field} {description}" if field else description for field, description in listed
+    )
+    return code_pb2.INVALID_ARGUMENT, message, "INVALID_ARGUMENT", [bad_request]
 
 
 def _pack(message: object) -> any_pb2.Any:

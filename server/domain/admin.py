@@ -9,7 +9,6 @@ existed.
 from __future__ import annotations
 
 import secrets
-import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,11 +33,16 @@ from server.domain.records import (
 )
 from server.domain.scopes import SCOPE_CATALOG, Scope
 from server.domain.store import KeyStore
+from server.domain.validation import has_control_characters
 
 MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 500
 MAX_QUERY_LENGTH = 100
 MAX_ID_LENGTH = 64
+# Far more scopes than the catalog has, or mask paths than there are
+# fields: past this a list is refused whole, so a 1 MB request of junk
+# entries cannot cost a violation (and CPU time) per entry.
+MAX_LIST_ENTRIES = 100
 UPDATABLE_FIELDS = ("name", "description", "scopes")
 _KEY_ID_PREFIX = "key_"
 _ALLOWED_CONTROL_IN_DESCRIPTION = frozenset("\n\t")
@@ -134,6 +138,10 @@ class KeyAdministration:
         """A page of keys whose name or description contains ``query``."""
         _require(actor, Permission.VIEW)
         violations: list[FieldViolation] = []
+        if has_control_characters(query):
+            violations.append(
+                FieldViolation(field="query", description="must not contain control characters")
+            )
         query = query.strip()
         if len(query) > MAX_QUERY_LENGTH:
             violations.append(
@@ -176,14 +184,17 @@ class KeyAdministration:
         violations: list[FieldViolation] = []
         _check_key_id(key_id, "id", violations)
         paths = set(update_mask) or set(UPDATABLE_FIELDS)
-        unknown = sorted(paths - set(UPDATABLE_FIELDS))
-        if unknown:
-            violations.append(
+        if not _too_long(update_mask, "update_mask.paths", violations):
+            violations.extend(
+                # Named by position, never echoed: a pasted secret must not
+                # come back in an error.
                 FieldViolation(
-                    field="update_mask",
-                    description=f"unknown paths {', '.join(unknown)}; "
+                    field=f"update_mask.paths[{index}]",
+                    description="is not an updatable field; "
                     f"allowed: {', '.join(UPDATABLE_FIELDS)}",
                 )
+                for index, path in enumerate(update_mask)
+                if path not in UPDATABLE_FIELDS
             )
         changes = KeyChanges(
             name=_name(name, violations) if "name" in paths else None,
@@ -294,7 +305,7 @@ def _name(value: str, violations: list[FieldViolation]) -> str:
         violations.append(
             FieldViolation(field="name", description=f"must be 1 to {MAX_NAME_LENGTH} characters")
         )
-    elif _has_control(name, allowed=frozenset()):
+    elif has_control_characters(value):
         violations.append(
             FieldViolation(field="name", description="must not contain control characters")
         )
@@ -310,7 +321,7 @@ def _description(value: str, violations: list[FieldViolation]) -> str:
                 description=f"must be at most {MAX_DESCRIPTION_LENGTH} characters",
             )
         )
-    elif _has_control(description, allowed=_ALLOWED_CONTROL_IN_DESCRIPTION):
+    elif has_control_characters(value, allowed=_ALLOWED_CONTROL_IN_DESCRIPTION):
         violations.append(
             FieldViolation(
                 field="description",
@@ -321,6 +332,8 @@ def _description(value: str, violations: list[FieldViolation]) -> str:
 
 
 def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+    if _too_long(values, "scopes", violations):
+        return ()
     scopes = tuple(sorted(set(values)))
     if not scopes:
         violations.append(FieldViolation(field="scopes", description="must name at least one"))
@@ -336,10 +349,13 @@ def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[st
     return scopes
 
 
-def _has_control(text: str, *, allowed: frozenset[str]) -> bool:
-    return any(
-        unicodedata.category(char) in ("Cc", "Zl", "Zp") and char not in allowed for char in text
+def _too_long(values: Collection[str], field: str, violations: list[FieldViolation]) -> bool:
+    if len(values) <= MAX_LIST_ENTRIES:
+        return False
+    violations.append(
+        FieldViolation(field=field, description=f"must hold at most {MAX_LIST_ENTRIES} entries")
     )
+    return True
 
 
 def _key_cursor(position: dict[str, object]) -> KeyCursor:

@@ -55,7 +55,9 @@ class KeyNotFound(DomainError):
 
     def __init__(self, key_id: str) -> None:
         self.key_id = key_id
-        super().__init__(f"key {key_id!r} not found")
+        # The id is the caller's input (it may be a secret pasted into the
+        # wrong field), so it stays out of the text a log line would show.
+        super().__init__("key not found")
 
 
 class KeyLimitExceeded(DomainError):

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from server.domain.errors import FieldViolation, InvalidArgument
@@ -21,6 +22,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 _MAC_BYTES = 16
 _MAX_TOKEN_LENGTH = 1024
+_TOKEN = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class PageTokens:
@@ -42,7 +44,9 @@ class PageTokens:
         """The position in ``token``; ``InvalidArgument`` naming
         ``page_token`` if it was not issued for this kind and binding."""
         try:
-            if len(token) > _MAX_TOKEN_LENGTH:
+            # The decoder would skip characters outside the alphabet, so a
+            # token with a NUL or a space added would still be accepted.
+            if len(token) > _MAX_TOKEN_LENGTH or _TOKEN.fullmatch(token) is None:
                 raise ValueError
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             mac, body = raw[:_MAC_BYTES], raw[_MAC_BYTES:]

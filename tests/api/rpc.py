@@ -18,6 +18,20 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
     raise AssertionError("the call succeeded")
 
 
+def error_bytes(exc: grpc.aio.AioRpcError) -> bytes:
+    """Everything an error carries back to the caller: its message and every
+    trailer, rich details included."""
+    return b"".join(
+        [
+            (exc.details() or "").encode(),
+            *(
+                value if isinstance(value, bytes) else value.encode()
+                for _, value in exc.trailing_metadata() or ()
+            ),
+        ]
+    )
+
+
 def status_details(exc: grpc.aio.AioRpcError) -> status_pb2.Status:
     for key, value in exc.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
