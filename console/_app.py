@@ -46,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 
 from clients import ApiKeysError, AsyncKeyAdminClient
 from console._identity import DEV_ROLES, PERMISSIONS, Admin, DevSignIn
-from console._problems import Problem, problem_of
+from console._problems import Problem, not_permitted, problem_of
 from console._settings import ConsoleSettings
 from voiso.apikeys.v1 import api_key_pb2
 
@@ -172,6 +172,9 @@ class Console:
         admin = self._signed_in(request)
         if admin is None:
             return self._signed_out(request)
+        if not admin.may_create:
+            # Not offered, but a bookmarked or typed address still deserves a sentence.
+            return self._problem_page(request, admin, not_permitted("create API keys"))
         return await self._new_key_form(request, admin, values=None, problem=None)
 
     async def create_key(self, request: Request) -> Response:

@@ -22,7 +22,7 @@ from clients import (
     Unauthenticated,
 )
 
-__all__ = ["Problem", "problem_of"]
+__all__ = ["Problem", "not_permitted", "problem_of"]
 
 _FIELD_LABELS: Final = {"name": "Name", "description": "Description", "scopes": "Scopes"}
 _LIMIT: Final = re.compile(r"\b(\d+)\b")
@@ -58,11 +58,7 @@ def problem_of(exc: ApiKeysError, *, attempted: str) -> Problem:
             "Delete a key it no longer needs, then add the new one.",
         )
     if isinstance(exc, PermissionDenied):
-        return Problem(
-            status=403,
-            message=f"You don't have permission to {attempted}. "
-            "An admin of your contact center can grant it.",
-        )
+        return not_permitted(attempted)
     if isinstance(exc, NotFound):
         return Problem(status=404, message="This key does not exist; it may have been deleted.")
     if isinstance(exc, Unauthenticated):
@@ -78,4 +74,13 @@ def problem_of(exc: ApiKeysError, *, attempted: str) -> Problem:
         status=502,
         message="The API key service could not do this. Try again; if it keeps failing, "
         "contact support.",
+    )
+
+
+def not_permitted(attempted: str) -> Problem:
+    """How to tell the admin that they may not do ``attempted``."""
+    return Problem(
+        status=403,
+        message=f"You don't have permission to {attempted}. "
+        "An admin of your contact center can grant it.",
     )

@@ -3,6 +3,7 @@ port in use is a start-up error and port 0 tells which port it picked."""
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import uvicorn
@@ -31,6 +32,8 @@ class ConsoleServer:
             lifespan="off",
             server_header=False,
         )
+        # Off for good, not only unhandled: its lines carry query strings.
+        logging.getLogger("uvicorn.access").disabled = True
         self._server = uvicorn.Server(config)
 
     @property
