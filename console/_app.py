@@ -24,7 +24,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -129,13 +129,13 @@ class Console:
         """The page's routes, static files included."""
         return [
             Route("/", self.home, methods=["GET"]),
-            Route("/keys", self.list_keys, methods=["GET"]),
-            Route("/keys", self.create_key, methods=["POST"]),
-            Route("/keys/new", self.new_key, methods=["GET"]),
-            Route("/keys/{key_id}", self.show_key, methods=["GET"]),
-            Route("/keys/{key_id}", self.update_key, methods=["POST"]),
-            Route("/keys/{key_id}/reveal", self.reveal_key, methods=["POST"]),
-            Route("/keys/{key_id}/delete", self.delete_key, methods=["POST"]),
+            Route("/keys", self._as_admin(self.list_keys), methods=["GET"]),
+            Route("/keys", self._as_admin(self.create_key), methods=["POST"]),
+            Route("/keys/new", self._as_admin(self.new_key), methods=["GET"]),
+            Route("/keys/{key_id}", self._as_admin(self.show_key), methods=["GET"]),
+            Route("/keys/{key_id}", self._as_admin(self.update_key), methods=["POST"]),
+            Route("/keys/{key_id}/reveal", self._as_admin(self.reveal_key), methods=["POST"]),
+            Route("/keys/{key_id}/delete", self._as_admin(self.delete_key), methods=["POST"]),
             Route("/dev/sign-in", self.dev_sign_in, methods=["POST"]),
             Mount("/static", StaticFiles(directory=_PACKAGE / "static"), name="static"),
         ]
@@ -146,11 +146,8 @@ class Console:
         """The list is the console's front page."""
         return RedirectResponse("/keys", status_code=303)
 
-    async def list_keys(self, request: Request) -> Response:
+    async def list_keys(self, request: Request, admin: Admin) -> Response:
         """The table of keys, filtered by the Search field's ``q``."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         query = request.query_params.get("q", "").strip()
         notice = _NOTICES.get(request.query_params.get("notice", ""))
         try:
@@ -167,21 +164,15 @@ class Console:
             notice=notice,
         )
 
-    async def new_key(self, request: Request) -> Response:
+    async def new_key(self, request: Request, admin: Admin) -> Response:
         """The Add key panel: name, description and the scope picker."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         if not admin.may_create:
             # Not offered, but a bookmarked or typed address still deserves a sentence.
             return self._problem_page(request, admin, not_permitted("create API keys"))
         return await self._new_key_form(request, admin, values=None, problem=None)
 
-    async def create_key(self, request: Request) -> Response:
+    async def create_key(self, request: Request, admin: Admin) -> Response:
         """Generate key: creates the key and shows its secret, this once."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         form = await self._form(request)
         values = _key_form_values(form)
         try:
@@ -195,19 +186,13 @@ class Console:
         log.info("key %s created by %s", key.id, admin.subject)
         return self._render(request, admin, "created.html", key=key, secret=secret)
 
-    async def show_key(self, request: Request) -> Response:
+    async def show_key(self, request: Request, admin: Admin) -> Response:
         """The key's page: details, scopes, history, and the controls allowed."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         notice = _NOTICES.get(request.query_params.get("notice", ""))
         return await self._key_page(request, admin, notice=notice)
 
-    async def update_key(self, request: Request) -> Response:
+    async def update_key(self, request: Request, admin: Admin) -> Response:
         """Save changes: sends only the fields that changed."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         form = await self._form(request)
         key_id = request.path_params["key_id"]
         values = _key_form_values(form)
@@ -223,11 +208,8 @@ class Console:
         notice = "saved" if changes else "unchanged"
         return RedirectResponse(f"/keys/{key_id}?notice={notice}", status_code=303)
 
-    async def reveal_key(self, request: Request) -> Response:
+    async def reveal_key(self, request: Request, admin: Admin) -> Response:
         """Show key: the key page with the full secret (the server audits it)."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         await self._form(request)
         key_id = request.path_params["key_id"]
         try:
@@ -239,11 +221,8 @@ class Console:
         log.info("key %s shown to %s", key_id, admin.subject)
         return await self._key_page(request, admin, secret=secret)
 
-    async def delete_key(self, request: Request) -> Response:
+    async def delete_key(self, request: Request, admin: Admin) -> Response:
         """Delete: revokes the key at once, then back to the list."""
-        admin = self._signed_in(request)
-        if admin is None:
-            return self._signed_out(request)
         await self._form(request)
         key_id = request.path_params["key_id"]
         try:
@@ -318,6 +297,19 @@ class Console:
         return response
 
     # Building blocks -----------------------------------------------------
+
+    def _as_admin(
+        self, handler: Callable[[Request, Admin], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` called with the signed-in admin; the sign-in page when there is none."""
+
+        async def endpoint(request: Request) -> Response:
+            admin = self._signed_in(request)
+            if admin is None:
+                return self._signed_out(request)
+            return await handler(request, admin)
+
+        return endpoint
 
     def _set_cookie(self, response: Response, name: str, value: str) -> None:
         response.set_cookie(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from clients import Reason
-from console import CSRF_FIELD
+from console import CSRF_FIELD, ConsoleServer
 from tests.console.conftest import (
     Stack,
     csrf_cookie,
@@ -31,6 +31,13 @@ async def signed_in_form(stack: Stack, token: str) -> tuple[str, dict[str, str]]
         page = await http.get("/keys")
     csrf = page.headers["set-cookie"].split(";")[0].removeprefix("apikeys_csrf=")
     return csrf, {**csrf_cookie(csrf), "Authorization": f"Bearer {token}"}
+
+
+async def key_list(console: ConsoleServer, token: str) -> httpx.Response:
+    """The list page as an admin with ``token`` gets it."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=console.url, headers=headers) as http:
+        return await http.get("/keys")
 
 
 async def test_a_form_without_the_sessions_token_changes_nothing(stack: Stack) -> None:
@@ -209,13 +216,8 @@ async def test_an_unreachable_server_is_a_page_that_says_so(tmp_path: Path) -> N
         reserved.bind(("127.0.0.1", 0))
         # Bound but not listening: every connection to it is refused.
         address = f"127.0.0.1:{reserved.getsockname()[1]}"
-        async with (
-            running_console(harness, ["--server", address]) as console,
-            httpx.AsyncClient(
-                base_url=console.url, headers={"Authorization": f"Bearer {token}"}
-            ) as http,
-        ):
-            page = await http.get("/keys")
+        async with running_console(harness, ["--server", address]) as console:
+            page = await key_list(console, token)
     assert page.status_code == 503
     assert "cannot be reached right now" in page.text
 
@@ -227,19 +229,11 @@ async def test_the_console_reaches_keyadmin_over_tls_with_the_client_settings(
     server = ca.issue("server", client=False)
     tls = ["--tls-cert", str(server.cert), "--tls-key", str(server.key)]
     async with running_server(tmp_path / "var", args=tls) as harness:
+        token = harness.token(contact_center="cc-dev")
         async with running_console(harness, ["--ca-cert", str(ca.cert)]) as console:
-            token = harness.token(contact_center="cc-dev")
-            async with httpx.AsyncClient(
-                base_url=console.url, headers={"Authorization": f"Bearer {token}"}
-            ) as http:
-                page = await http.get("/keys")
-        async with (
-            running_console(harness) as plaintext,
-            httpx.AsyncClient(
-                base_url=plaintext.url, headers={"Authorization": f"Bearer {token}"}
-            ) as http,
-        ):
-            refused = await http.get("/keys")
+            page = await key_list(console, token)
+        async with running_console(harness) as plaintext:
+            refused = await key_list(plaintext, token)
     assert page.status_code == 200
     assert "This contact center has no API keys yet." in page.text
     assert refused.status_code == 503

@@ -4,8 +4,15 @@ README's table as the declarations say."""
 
 from __future__ import annotations
 
+import ast
+import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from console import SettingsError, load_settings
@@ -76,3 +83,47 @@ def test_readme_console_settings_table_matches_the_declarations() -> None:
     readme = README.read_text()
     assert README_TABLE_START in readme and README_TABLE_END in readme
     assert with_markdown_table(readme) == readme, "run `make settings-table` and commit README.md"
+
+
+def test_an_address_in_use_is_one_line_and_exit_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["--listen", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"apikeys-console: cannot listen on 127.0.0.1:{port}: ")
+    assert err.count("\n") == 1
+
+
+def test_apikeys_console_dev_serves_the_page_and_says_where(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "--dev", "--listen", "127.0.0.1:0"],
+        env={**os.environ, "APIKEYS_DATA_DIR": str(tmp_path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        url = re.search(r"the API keys page is at (http://127\.0\.0\.1:\d+) ", line)
+        assert url, line
+        page = httpx.get(f"{url.group(1)}/keys", timeout=10)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
+    # No server has written a development key pair into this directory yet.
+    assert page.status_code == 503
+    assert "make serve" in page.text
+
+
+def test_the_console_imports_nothing_of_the_server() -> None:
+    package = Path(__file__).resolve().parents[2] / "console"
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").partition(".")[0] != "server", module.name
+            elif isinstance(node, ast.Import):
+                assert all(a.name.partition(".")[0] != "server" for a in node.names), module.name
