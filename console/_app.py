@@ -66,7 +66,10 @@ _NOTICES: Final = {
     "deleted": "The key was deleted. It no longer authorizes any request.",
     "saved": "Changes saved.",
     "unchanged": "Nothing to save: the key already looks like this.",
+    "key-in-search": "That was an API key, so it was not searched for: search by a key's "
+    "name or description.",
 }
+_KEY_PREFIX: Final = "vsk_"
 _SCOPE_TIPS: Final = (
     "Start with the minimum set of scopes the integration needs.",
     "Prefer read scopes for reporting and data retrieval.",
@@ -149,6 +152,10 @@ class Console:
     async def list_keys(self, request: Request, admin: Admin) -> Response:
         """The table of keys, filtered by the Search field's ``q``."""
         query = request.query_params.get("q", "").strip()
+        if query.startswith(_KEY_PREFIX):
+            # A key pasted into Search: the redirect takes it out of the
+            # address bar and the browser's history, and it is never sent on.
+            return RedirectResponse("/keys?notice=key-in-search", status_code=303)
         notice = _NOTICES.get(request.query_params.get("notice", ""))
         try:
             async with self._client(admin) as client:
@@ -183,7 +190,7 @@ class Console:
         except ApiKeysError as exc:
             problem = problem_of(exc, attempted="create API keys")
             return await self._new_key_form(request, admin, values=values, problem=problem)
-        log.info("key %s created by %s", key.id, admin.subject)
+        log.info("key %s created by %r", key.id, admin.subject)
         return self._render(request, admin, "created.html", key=key, secret=secret)
 
     async def show_key(self, request: Request, admin: Admin) -> Response:
@@ -218,7 +225,7 @@ class Console:
         except ApiKeysError as exc:
             problem = problem_of(exc, attempted="show API keys")
             return await self._key_page(request, admin, problem=problem)
-        log.info("key %s shown to %s", key_id, admin.subject)
+        log.info("key %s shown to %r", key_id, admin.subject)
         return await self._key_page(request, admin, secret=secret)
 
     async def delete_key(self, request: Request, admin: Admin) -> Response:
@@ -231,7 +238,7 @@ class Console:
         except ApiKeysError as exc:
             problem = problem_of(exc, attempted="delete API keys")
             return self._problem_page(request, admin, problem)
-        log.info("key %s deleted by %s", key_id, admin.subject)
+        log.info("key %s deleted by %r", key_id, admin.subject)
         return RedirectResponse("/keys?notice=deleted", status_code=303)
 
     async def dev_sign_in(self, request: Request) -> Response:
@@ -271,7 +278,7 @@ class Console:
                 signing_key=str(self._dev.signing_key if self._dev else ""),
             )
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            log.exception("unexpected error on %s %s", request.method, _logged_path(request))
             problem = Problem(status=500, message="Something went wrong. Try again.")
             response = self._problem_page(request, None, problem)
         headers = response.headers
@@ -290,7 +297,7 @@ class Console:
         log.info(
             "%s %s %d %.1fms",
             request.method,
-            request.url.path,
+            _logged_path(request),
             response.status_code,
             (time.perf_counter() - started) * 1000,
         )
@@ -448,6 +455,13 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             ),
         )
     return Starlette(routes=console.routes(), middleware=middleware)
+
+
+def _logged_path(request: Request) -> str:
+    """The path as the client sent it, still percent-encoded (so a ``%0A``
+    cannot start a forged log line) and without the query string."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    return raw.decode("ascii", "backslashreplace")
 
 
 def _csrf_token(request: Request) -> str:

@@ -9,7 +9,9 @@ from its ``BadRequest`` detail are shown.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final
 
 from clients import (
@@ -35,11 +37,19 @@ class Problem:
 
     status: int
     message: str
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+_NO_SUCH_KEY: Final = Problem(
+    status=404, message="This key does not exist; it may have been deleted."
+)
 
 
 def problem_of(exc: ApiKeysError, *, attempted: str) -> Problem:
     """How to tell the admin that ``attempted`` (e.g. "create keys") failed with ``exc``."""
+    if isinstance(exc, InvalidArgument) and {f for f, _ in exc.field_violations} == {"id"}:
+        # An address that cannot name a key, e.g. edited by hand.
+        return _NO_SUCH_KEY
     if isinstance(exc, InvalidArgument):
         fields: dict[str, str] = {}
         for name, description in exc.field_violations:
@@ -47,7 +57,7 @@ def problem_of(exc: ApiKeysError, *, attempted: str) -> Problem:
             label = _FIELD_LABELS.get(form_field, form_field.replace("_", " ").capitalize())
             fields.setdefault(form_field, f"{label}: {description}.")
         message = "Please correct the highlighted fields." if fields else "The form was not valid."
-        return Problem(status=400, message=message, fields=fields)
+        return Problem(status=400, message=message, fields=MappingProxyType(fields))
     if isinstance(exc, ResourceExhausted):
         limits = [_LIMIT.search(description) for _, description in exc.quota_violations]
         found = next((match.group(1) for match in limits if match is not None), None)
@@ -60,7 +70,7 @@ def problem_of(exc: ApiKeysError, *, attempted: str) -> Problem:
     if isinstance(exc, PermissionDenied):
         return not_permitted(attempted)
     if isinstance(exc, NotFound):
-        return Problem(status=404, message="This key does not exist; it may have been deleted.")
+        return _NO_SUCH_KEY
     if isinstance(exc, Unauthenticated):
         return Problem(
             status=401, message="Your sign-in has expired or is not valid. Sign in again."

@@ -237,3 +237,26 @@ async def test_the_console_reaches_keyadmin_over_tls_with_the_client_settings(
     assert page.status_code == 200
     assert "This contact center has no API keys yet." in page.text
     assert refused.status_code == 503
+
+
+async def test_a_key_pasted_into_search_leaves_the_address_at_once(stack: Stack) -> None:
+    async with stack.admin() as admin:
+        _, secret = await admin.create_key("CRM sync", "", ["users.read"])
+    async with stack.http(stack.token()) as http:
+        pasted = await http.get("/keys", params={"q": secret})
+        landed = await http.get(pasted.headers["location"])
+    assert pasted.status_code == 303
+    assert secret not in pasted.headers["location"]
+    assert "That was an API key, so it was not searched for" in landed.text
+    assert secret not in landed.text
+
+
+async def test_the_access_log_keeps_a_path_percent_encoded(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="console")
+    async with stack.http(stack.token()) as http:
+        page = await http.get("/keys/forged%0Aline")
+    assert page.status_code == 404
+    assert "GET /keys/forged%0Aline 404 " in caplog.text
+    assert not [record for record in caplog.records if "\n" in record.getMessage()]
