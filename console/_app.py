@@ -451,7 +451,9 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         middleware.insert(
             0,
             Middleware(
-                TrustedHostMiddleware, allowed_hosts=list(_LOOPBACK_HOSTS), www_redirect=False
+                TrustedHostMiddleware,
+                allowed_hosts=[*_LOOPBACK_HOSTS, settings.host],
+                www_redirect=False,
             ),
         )
     return Starlette(routes=console.routes(), middleware=middleware)
