@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +45,8 @@ _RENEW_BEFORE_SECONDS: Final = 60
 class Admin:
     """The signed-in admin as the token's claims describe them."""
 
-    token: str
+    # Kept out of repr: a token in a log line or traceback could be replayed.
+    token: str = field(repr=False)
     subject: str
     contact_center_id: str
     role: str
