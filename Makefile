@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install install-runtime serve test fuzz lint settings-table generate check-generated postgres bench h2load clean
+.PHONY: install install-runtime serve console test fuzz lint settings-table generate check-generated postgres bench h2load chromium screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ install-runtime:
 serve: $(STAMP)
 	$(BIN)/apikeys-server
 
-## Runs the whole suite; the PostgreSQL tests need the local server, started here if down.
-test: $(STAMP) postgres
+## The API keys page on http://127.0.0.1:8080 over the server that `make serve` runs,
+## signed in with development tokens from its data directory.
+console: $(STAMP)
+	$(BIN)/apikeys-console --dev
+
+## Runs the whole suite; the PostgreSQL tests need the local server, started here if down,
+## and the console's browser tests Debian's chromium, installed here if missing.
+test: $(STAMP) postgres chromium
 	$(PY) -m pytest -q
 
 ## The property-based suite at length (thousands of examples per property;
@@ -43,11 +49,12 @@ lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server clients
+	$(BIN)/mypy server clients console
 
 ## Rewrites the README's Configuration table from the option declarations.
 settings-table: $(STAMP)
 	$(PY) -m server.settings --write-readme README.md
+	$(PY) -m console.settings_table --write-readme README.md
 
 generate: $(STAMP)
 	rm -rf generated/voiso
@@ -73,6 +80,15 @@ bench: $(STAMP) h2load
 h2load:
 	@command -v h2load >/dev/null || apt-get install -y nghttp2-client || \
 	  { apt-get update && apt-get install -y nghttp2-client; }
+
+## Chromium (Debian's) for the console's browser tests, which drive it with Playwright.
+chromium:
+	@test -x /usr/bin/chromium || apt-get install -y chromium || \
+	  { apt-get update && apt-get install -y chromium; }
+
+## Retakes the console screenshots in docs/ through the browser test; commit them.
+screenshots: $(STAMP) chromium
+	APIKEYS_SCREENSHOTS=1 $(PY) -m pytest -q tests/console/test_browser.py -k "adds and desktop"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
