@@ -25,8 +25,9 @@ install-runtime:
 serve: $(STAMP)
 	$(BIN)/apikeys-server
 
-## Runs the whole suite; the PostgreSQL tests need the local server, started here if down.
-test: $(STAMP) postgres
+## Runs the whole suite; the PostgreSQL tests need the local server, started here if down,
+## and the attack tests need h2load.
+test: $(STAMP) postgres h2load
 	$(PY) -m pytest -q
 
 postgres:

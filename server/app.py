@@ -20,15 +20,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from sqlalchemy.engine import make_url
 
 from server.admin_tokens import AdminTokenVerifier, ensure_dev_key_pair
+from server.api.admission import CallAdmission
 from server.api.auth import AdminAuthInterceptor
 from server.api.authorize import AuthorizeServicer
 from server.api.key_admin import KeyAdminServicer
+from server.api.parsing import ServiceRegistry
 from server.cache import CachedKeyStore
 from server.domain.admin import KeyAdministration
 from server.domain.authorize import Authorizer
@@ -42,15 +45,16 @@ from server.invalidation import ChangeFollower
 from server.logs import quiet_parameter_loggers
 from server.settings import Settings, SettingsError, ensure_data_dir, with_secrets
 from server.store import open_store
+from server.transport import TransportLimits
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name,
-    authorize_pb2.DESCRIPTOR.services_by_name["Authorize"].full_name,
-)
-MAX_MESSAGE_BYTES = 1 << 20
+KEY_ADMIN_SERVICE = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"]
+AUTHORIZE_SERVICE = authorize_pb2.DESCRIPTOR.services_by_name["Authorize"]
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION_SERVICE = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+SERVICE_NAMES = (KEY_ADMIN_SERVICE.full_name, AUTHORIZE_SERVICE.full_name)
 
 
 class Storage(KeyStore, ChangeFeed, Protocol):
@@ -224,27 +228,28 @@ class ApiKeysServer:
     def _grpc_server(self, parts: Parts) -> grpc.aio.Server:
         settings = self._prepared.settings
         wiring = self._wiring
+        limits = TransportLimits.from_settings(settings)
         server = grpc.aio.server(
             interceptors=wiring.interceptors(self._prepared.verifier),
             options=[
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                *limits.channel_options(),
             ],
         )
-        key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
-            wiring.key_admin_servicer(parts.administration), server
+        registry = ServiceRegistry(
+            CallAdmission(limits.max_concurrent_rpcs, request_timeout=limits.request_timeout)
         )
-        authorize_pb2_grpc.add_AuthorizeServicer_to_server(
-            wiring.authorize_servicer(parts.authorizer), server
+        registry.add_service(
+            server, KEY_ADMIN_SERVICE, wiring.key_admin_servicer(parts.administration)
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        registry.add_service(server, AUTHORIZE_SERVICE, wiring.authorize_servicer(parts.authorizer))
+        registry.add_service(server, HEALTH_SERVICE, self._health)
+        registry.add_service(
             server,
+            REFLECTION_SERVICE,
+            ReflectionServicer(
+                (*SERVICE_NAMES, HEALTH_SERVICE.full_name, REFLECTION_SERVICE.full_name)
+            ),
         )
         return server
 
