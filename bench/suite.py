@@ -132,10 +132,12 @@ def started(
     profile: Path | None = None,
     data_dir: Path | None = None,
     source: Path | None = None,
+    server_args: Sequence[str] = (),
 ) -> Iterator[BenchServer]:
     """Starts one server on a free port, pinned to the server CPU, and stops it
     afterwards. With ``source``, the server runs from that source tree of this
-    repository instead of this one."""
+    repository instead of this one; ``server_args`` are further
+    ``apikeys-server`` options."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
         port = _free_port()
         data_dir = data_dir or Path(scratch) / "var"
@@ -160,6 +162,7 @@ def started(
             "warning",
             "--uvloop",
             "true" if uvloop else "false",
+            *server_args,
         ]
         env = {key: value for key, value in os.environ.items() if not key.startswith("APIKEYS_")}
         if source is not None:
