@@ -2,12 +2,15 @@
 
 Every call is admitted when its stream opens, before its request message has
 arrived, and holds its place while that message arrives and, for a unary
-answer, until it is answered. A connection may hold at most an equal share of
-``limit`` places (``limit`` divided by the connections holding any, at least
-one), so a caller that floods the server, or opens streams and never finishes
-sending them, takes only its own share while a connection with few calls is
-still admitted at once. Past its share a call is refused immediately, so no
-call waits in the server until its deadline for a place.
+answer, until it is answered. A connection holding no place is always
+admitted, so a caller with one call at a time is never refused. A connection
+that already holds places gets another only while the server holds fewer
+than ``limit`` and the connection fewer than an equal share of them
+(``limit`` divided by the connections holding any). So at most ``limit``
+calls, plus one per other connection, are in progress; a caller that floods
+the server, or opens streams and never finishes sending them, takes only its
+own share; and a call past it is refused at once rather than waiting in the
+server for its deadline.
 
 A request message that has not arrived ``request_timeout`` seconds after its
 call was admitted ends the call (and resets its stream), so partly-sent
@@ -37,6 +40,7 @@ class CallAdmission:
         self.request_timeout = request_timeout
         self._clock = clock
         self._held: dict[str, int] = {}
+        self._total = 0
         self._receiving: dict[asyncio.Task[object], float] = {}
         self._timed_out: set[asyncio.Task[object]] = set()
         self._sweep: asyncio.TimerHandle | None = None
@@ -44,20 +48,22 @@ class CallAdmission:
     @property
     def in_progress(self) -> int:
         """Calls holding a place now."""
-        return sum(self._held.values())
+        return self._total
 
     def admit(self, connection: str) -> bool:
         """Takes a place for a call on ``connection``; False when the
-        connection already holds its share."""
+        connection already holds places and the server is full or the
+        connection holds its share."""
         held = self._held.get(connection, 0)
-        holders = len(self._held) + (held == 0)
-        if held >= max(1, self.limit // holders):
+        if held and (self._total >= self.limit or held >= max(1, self.limit // len(self._held))):
             return False
         self._held[connection] = held + 1
+        self._total += 1
         return True
 
     def release(self, connection: str) -> None:
         """Gives back the place a call on ``connection`` held."""
+        self._total -= 1
         held = self._held[connection] - 1
         if held:
             self._held[connection] = held

@@ -35,6 +35,14 @@ def test_a_new_connection_is_admitted_while_a_greedy_one_is_held_to_its_share() 
     assert admission.in_progress == 3
 
 
+def test_when_the_server_is_full_only_connections_holding_nothing_get_in() -> None:
+    admission = CallAdmission(4, request_timeout=1)
+    assert all(admission.admit(connection) for connection in "abcd")
+    assert admission.admit("e")
+    assert not admission.admit("a")
+    assert admission.in_progress == 5
+
+
 def test_a_released_connection_is_forgotten() -> None:
     admission = CallAdmission(2, request_timeout=1)
     admission.admit("a")
