@@ -1,8 +1,8 @@
 """What one caller can make the server hold: the HTTP/2 and gRPC bounds.
 
-Each bound is a grpc-core channel argument set from ``Settings`` (see
-docs/LIMITS.md for what grpc-core does with each, and which attacks it has no
-setting for):
+Each bound grpc-core can enforce is one of its channel arguments, set here
+from ``Settings`` (docs/LIMITS.md says what grpc-core does with each, and
+which attacks it has no setting for):
 
 - ``grpc.max_concurrent_streams`` is advertised as HTTP/2
   ``MAX_CONCURRENT_STREAMS``; with ``grpc.http.overload_protection`` (on by
@@ -10,14 +10,15 @@ setting for):
   server has finished with it, so streams a client resets at once still
   hold their place and the next ones are refused in the transport, before
   any Python runs for them. That is what keeps rapid reset cheap.
-- ``grpc.max_receive_message_length`` bounds the bytes one stream can make
-  the server buffer, so a connection holds at most streams x message size.
-- ``maximum_concurrent_rpcs`` (grpc.aio's own bound) answers a call past it
-  with ``RESOURCE_EXHAUSTED`` at once, before its message is read.
+- ``grpc.max_receive_message_length`` bounds the bytes one request can make
+  the server buffer.
 - Idle and maximum age (with a grace period) close connections the server
-  would otherwise keep forever, with whatever partly-sent streams they hold;
-  keepalive pings find dead peers, and a client pinging more often than
-  allowed is sent GOAWAY after ``MAX_PING_STRIKES`` warnings.
+  would otherwise keep forever; keepalive pings find dead peers, and a
+  client pinging more often than allowed is sent GOAWAY after
+  ``MAX_PING_STRIKES`` warnings.
+
+The bounds on calls (how many are in progress, how long a request may take to
+arrive) are the service's own: ``server.api.admission``.
 """
 
 from __future__ import annotations
@@ -62,11 +63,6 @@ class TransportLimits:
             keepalive_interval=settings.keepalive_interval,
             min_client_ping_interval=settings.min_client_ping_interval,
         )
-
-    @property
-    def buffered_bytes_bound(self) -> int:
-        """The most request bytes one connection can make the server hold."""
-        return self.max_streams_per_connection * self.max_message_bytes
 
     def channel_options(self) -> list[tuple[str, int]]:
         """The grpc-core server arguments that enforce these bounds."""

@@ -108,10 +108,6 @@ class ServiceRegistry:
         admission = self._admission
 
         async def serve(requests: Any, context: Context) -> Any:
-            if context.cancelled():
-                # Reset by the client before it was served (a rapid reset
-                # costs no more than this).
-                return None
             connection = context.peer()
             if not admission.admit(connection):
                 await _refuse(context, OVERLOADED)
