@@ -26,10 +26,13 @@ import json
 import selectors
 import socket
 import struct
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -39,10 +42,13 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
+from bench.h2 import cpu_pinning
+from bench.suite import LOAD_CPU
 from voiso.apikeys.v1 import authorize_pb2
 
 CHECK = "/voiso.apikeys.v1.Authorize/Check"
 READ_SIZE = 1 << 16
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def grpc_request_headers(target: str, method: str) -> list[tuple[str, str]]:
@@ -290,7 +296,9 @@ class CloseReport:
 
 
 def ping_flood(target: str, *, pings: int, interval: float, timeout: float) -> CloseReport:
-    """PINGs without data, ``interval`` apart, until the server goes away."""
+    """``pings`` PINGs without data, ``interval`` apart, then nothing (only
+    answers to the server) until the server goes away or ``timeout`` passes.
+    With no pings it is an idle connection."""
     connection = Connection(target)
     report = CloseReport()
     started = time.monotonic()
@@ -303,21 +311,6 @@ def ping_flood(target: str, *, pings: int, interval: float, timeout: float) -> C
             except OSError:
                 break
             connection.receive(interval)
-        while connection.closed_by_server is None and time.monotonic() - started < timeout:
-            connection.receive(0.1)
-    finally:
-        report.error_code = connection.closed_by_server
-        report.seconds = time.monotonic() - started
-        connection.close()
-    return report
-
-
-def idle_connection(target: str, *, timeout: float) -> CloseReport:
-    """A connection that only answers the server, until the server closes it."""
-    connection = Connection(target)
-    report = CloseReport()
-    started = time.monotonic()
-    try:
         while connection.closed_by_server is None and time.monotonic() - started < timeout:
             connection.receive(0.1)
     finally:
@@ -388,6 +381,57 @@ def legit_checks(
     return result
 
 
+# --- attackers in processes of their own ---------------------------------------------
+
+
+@contextmanager
+def attacker(target: str, attack: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m bench.attacks ATTACK`` on the load CPU; stopped (its stdin
+    closed) on exit."""
+    process = subprocess.Popen(
+        [
+            *cpu_pinning(LOAD_CPU),
+            sys.executable,
+            "-m",
+            "bench.attacks",
+            attack,
+            "--target",
+            target,
+            *args,
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        yield process
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        finally:
+            process.stdout.close()
+
+
+def report_of(process: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
+    """The JSON line an attacker prints."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.strip():
+            report: dict[str, Any] = json.loads(line)
+            return report
+        if process.poll() is not None:
+            break
+    raise RuntimeError(f"the attacker printed no report (exit {process.poll()})")
+
+
 # --- the command line ------------------------------------------------------------------
 
 
@@ -412,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.attack == "pings":
         _print(ping_flood(args.target, pings=args.pings, interval=0.01, timeout=args.duration))
     elif args.attack == "idle":
-        _print(idle_connection(args.target, timeout=args.duration))
+        _print(ping_flood(args.target, pings=0, interval=0.0, timeout=args.duration))
     else:
         opened, report = partial_streams(
             args.target,

@@ -13,12 +13,9 @@ quiet run.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,39 +38,6 @@ class AttackRow:
     detail: str
 
 
-@contextmanager
-def _attacker(server: BenchServer, attack: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [
-            *h2.cpu_pinning(LOAD_CPU),
-            sys.executable,
-            "-m",
-            "bench.attacks",
-            attack,
-            "--target",
-            server.target,
-            *args,
-        ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        yield process
-    finally:
-        process.stdin.close()
-        process.wait(timeout=60)
-        process.stdout.close()
-
-
-def _report(process: subprocess.Popen[str]) -> dict[str, object]:
-    assert process.stdout is not None
-    report: dict[str, object] = json.loads(process.stdout.readline())
-    return report
-
-
 def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
     """The legitimate calls on a quiet server, then during each attack."""
     attack_seconds = str(ATTACK_MARGIN + 2 * calls * INTERVAL)
@@ -83,8 +47,8 @@ def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
 
     rows = [AttackRow(attack="quiet", legit=legit(), detail="")]
     for connections in (10, 100):
-        with _attacker(
-            server,
+        with attacks.attacker(
+            server.target,
             "partial",
             "--connections",
             str(connections),
@@ -93,7 +57,7 @@ def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
             "--duration",
             attack_seconds,
         ) as process:
-            sent = _report(process)
+            sent = attacks.report_of(process)
             result = legit()
         rows.append(
             AttackRow(
@@ -102,10 +66,10 @@ def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
                 detail=f"{sent['streams_reset']} of {sent['streams_opened']} streams refused",
             )
         )
-    with _attacker(server, "rapid-reset", "--duration", attack_seconds) as process:
+    with attacks.attacker(server.target, "rapid-reset", "--duration", attack_seconds) as process:
         time.sleep(0.5)
         result = legit()
-        reset = _report(process)
+        reset = attacks.report_of(process)
     rate = float(str(reset["streams"])) / float(str(reset["seconds"]))
     rows.append(
         AttackRow(attack="rapid reset, 1 connection", legit=result, detail=f"{rate:,.0f} streams/s")

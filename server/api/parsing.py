@@ -95,16 +95,13 @@ class ServiceRegistry:
                 request_deserializer=parse,
                 response_serializer=serialize,
             )
-        serve = (
-            self._streamed_requests(behavior)
-            if method.client_streaming
-            else self._unary_request(behavior)
-        )
         return grpc.stream_unary_rpc_method_handler(
-            serve, request_deserializer=parse, response_serializer=serialize
+            self._unary_answer(behavior, method.client_streaming),
+            request_deserializer=parse,
+            response_serializer=serialize,
         )
 
-    def _unary_request(self, behavior: Behavior) -> Behavior:
+    def _unary_answer(self, behavior: Behavior, streamed_requests: bool) -> Behavior:
         admission = self._admission
 
         async def serve(requests: Any, context: Context) -> Any:
@@ -113,22 +110,9 @@ class ServiceRegistry:
                 await _refuse(context, OVERLOADED)
             try:
                 request = await _first_request(admission, context)
+                if streamed_requests:
+                    request = _parsed(request, context)
                 return await behavior(request, context)
-            finally:
-                admission.release(connection)
-
-        return serve
-
-    def _streamed_requests(self, behavior: Behavior) -> Behavior:
-        admission = self._admission
-
-        async def serve(requests: Any, context: Context) -> Any:
-            connection = context.peer()
-            if not admission.admit(connection):
-                await _refuse(context, OVERLOADED)
-            try:
-                first = await _first_request(admission, context)
-                return await behavior(_parsed(first, context), context)
             finally:
                 admission.release(connection)
 

@@ -1,30 +1,27 @@
-"""The attacked server, the attackers and Envoy, each a process of its own.
+"""The attacked server and Envoy, each a process of its own.
 
 The server runs as ``bench.serve`` pinned to the server CPU (as in the
 benchmarks), so that its resident memory can be read and an attacker in
-another process competes with it as a remote client would.
+another process (``bench.attacks.attacker``) competes with it as a remote
+client would.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import secrets
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from bench import h2
-from bench.suite import LOAD_CPU, BenchServer, create_key, started
+from bench.suite import BenchServer, create_key, started
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "grpc-front.yaml"
@@ -56,54 +53,6 @@ def attacked_server(*server_args: str) -> Iterator[Attacked]:
     """The real server in a process of its own, with a key for legitimate checks."""
     with started("attacked", variant="real", server_args=server_args) as server:
         yield Attacked(server=server, key=create_key(server, ["campaigns.read"]))
-
-
-@contextmanager
-def attacker(target: str, attack: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """``python -m bench.attacks`` on the load CPU; stopped (stdin closed) on exit."""
-    process = subprocess.Popen(
-        [
-            *h2.cpu_pinning(LOAD_CPU),
-            sys.executable,
-            "-m",
-            "bench.attacks",
-            attack,
-            "--target",
-            target,
-            *args,
-        ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        finally:
-            assert process.stdout is not None
-            process.stdout.close()
-
-
-def report_of(process: subprocess.Popen[str], timeout: float = 60.0) -> dict[str, Any]:
-    """The JSON line an attacker prints."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.strip():
-            report: dict[str, Any] = json.loads(line)
-            return report
-        if process.poll() is not None:
-            break
-    raise AssertionError(f"the attacker printed no report (exit {process.poll()})")
 
 
 def free_port() -> int:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from bench import attacks
+from bench.attacks import attacker, report_of
 from server.settings import load_settings
-from tests.attacks.processes import attacked_server, attacker, report_of
+from tests.attacks.processes import attacked_server
 from tests.harness import running_server
 
 LARGEST_REQUEST = load_settings([], environ={}).max_message_bytes

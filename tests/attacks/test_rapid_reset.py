@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from bench import attacks
-from tests.attacks.processes import attacked_server, attacker, envoy_in_front, report_of
+from bench.attacks import attacker, report_of
+from tests.attacks.processes import attacked_server, envoy_in_front
 
 ATTACK_SECONDS = 6.0
 LEGIT_CHECKS = 100
