@@ -317,8 +317,8 @@ class Settings:
     max_concurrent_rpcs: int = option(
         parse=_whole_number_at_least(1),
         default="256",
-        help="calls in progress at once, each connection getting an equal share; past its "
-        "share a call is `RESOURCE_EXHAUSTED` at once",
+        help="calls in progress at once, each connection getting an equal share (its first "
+        "call always gets in); past it a call is `RESOURCE_EXHAUSTED` at once",
     )
     request_timeout: float = option(
         parse=_number_at_least(0.1),
