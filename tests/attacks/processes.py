@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.suite import BenchServer, create_key, started
+from bench.suite import BenchServer, create_key, started, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "grpc-front.yaml"
@@ -106,12 +106,7 @@ def envoy_in_front(upstream: str) -> Iterator[str]:
             _wait_for_envoy(process, target, log)
             yield target
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def _wait_for_envoy(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
