@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.api.admission import CallAdmission
 from server.api.parsing import LogBudget
@@ -97,3 +98,20 @@ async def test_a_request_over_the_message_bound_is_resource_exhausted(tmp_path: 
         )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert small.reason == az.REASON_KEY_MALFORMED
+
+
+async def test_a_watcher_holds_no_place_once_its_request_has_arrived(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "var", args=["--max-concurrent-rpcs", "1"]) as harness:
+        health = health_pb2_grpc.HealthStub(harness.channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        first = await watch.read()
+        # Same connection, bound of one: the watcher no longer holds it.
+        checks = [
+            await harness.authorize.Check(
+                az.CheckRequest(key="x", method="GET", path="/"), timeout=2
+            )
+            for _ in range(3)
+        ]
+        watch.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    assert [c.reason for c in checks] == [az.REASON_KEY_MALFORMED] * 3

@@ -48,7 +48,6 @@ def test_partly_sent_streams_hold_little_memory_and_checks_still_answer(connecti
     assert sent["bytes_sent"] >= (connections * 100 - sent["streams_reset"]) * (ANNOUNCED - UNSENT)
     assert grown < MEMORY_BOUND_MIB, f"resident memory grew {grown:.0f} MiB"
     assert legit.success_rate >= 0.9, legit.codes
-    assert max(legit.latencies_ms) < 100
 
 
 async def test_a_request_that_does_not_arrive_in_time_ends_its_call(tmp_path: Path) -> None:
