@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
 from bench import attacks
@@ -67,6 +68,7 @@ async def test_a_request_that_does_not_arrive_in_time_ends_its_call(tmp_path: Pa
                 if len(connection.ended_by_server | connection.reset_by_server) == 5:
                     break
             ended = connection.ended_by_server | connection.reset_by_server
+            statuses = {trailers.get("grpc-status") for trailers in connection.trailers.values()}
         finally:
             connection.close()
         # A check on the same server still answers: the late calls gave their places back.
@@ -75,4 +77,5 @@ async def test_a_request_that_does_not_arrive_in_time_ends_its_call(tmp_path: Pa
         )
     assert report.streams_opened == 5
     assert len(ended) == 5
+    assert statuses == {str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])}
     assert response.reason == attacks.authorize_pb2.REASON_KEY_MALFORMED
