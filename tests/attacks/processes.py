@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "grpc-front.yaml"
 ENVOY_LISTEN_PORT = "port_value: 10000"
 ENVOY_UPSTREAM_PORT = "port_value: 50051"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0
 
 
 @dataclass
