@@ -31,8 +31,9 @@ console: $(STAMP)
 	$(BIN)/apikeys-console --dev
 
 ## Runs the whole suite; the PostgreSQL tests need the local server, started here if down,
-## and the console's browser tests Debian's chromium, installed here if missing.
-test: $(STAMP) postgres chromium
+## the console's browser tests Debian's chromium and the attack tests h2load, each
+## installed here if missing.
+test: $(STAMP) postgres chromium h2load
 	$(PY) -m pytest -q
 
 ## The property-based suite at length (thousands of examples per property;

@@ -53,6 +53,7 @@ DEFAULT_SATURATION_RUNS: Final = 6
 DEFAULT_DURATION: Final = 3.0
 DEFAULT_DISTINCT_UNKNOWN: Final = 2000
 DEFAULT_MEMORY_KEYS: Final = 100_000
+DEFAULT_ATTACK_CALLS: Final = 200
 # --quick: one short run of everything, enough to see every section print.
 QUICK_SIZES: Final = {
     "runs": 1,
@@ -60,6 +61,7 @@ QUICK_SIZES: Final = {
     "duration": 1.0,
     "distinct_unknown": 200,
     "memory_keys": 10_000,
+    "attack_calls": 40,
 }
 
 
@@ -72,6 +74,7 @@ class SuiteOptions:
     duration: float = DEFAULT_DURATION
     distinct_unknown: int = DEFAULT_DISTINCT_UNKNOWN
     memory_keys: int = DEFAULT_MEMORY_KEYS
+    attack_calls: int = DEFAULT_ATTACK_CALLS
     profile: bool = True
 
 
@@ -132,10 +135,12 @@ def started(
     profile: Path | None = None,
     data_dir: Path | None = None,
     source: Path | None = None,
+    server_args: Sequence[str] = (),
 ) -> Iterator[BenchServer]:
     """Starts one server on a free port, pinned to the server CPU, and stops it
     afterwards. With ``source``, the server runs from that source tree of this
-    repository instead of this one."""
+    repository instead of this one; ``server_args`` are further
+    ``apikeys-server`` options."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
         port = _free_port()
         data_dir = data_dir or Path(scratch) / "var"
@@ -160,6 +165,7 @@ def started(
             "warning",
             "--uvloop",
             "true" if uvloop else "false",
+            *server_args,
         ]
         env = {key: value for key, value in os.environ.items() if not key.startswith("APIKEYS_")}
         if source is not None:
@@ -176,12 +182,17 @@ def started(
                 raise
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminates ``process``, killing it if it is still running 10 s later."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_ready(server: BenchServer) -> None:
@@ -733,6 +744,14 @@ def profile(report: Report, options: SuiteOptions) -> None:
         report.note(line)
 
 
+def attacked(report: Report, options: SuiteOptions) -> None:
+    """Legitimate checks during each attack of ``bench.attacks`` (see ``bench.under_attack``)."""
+    # Imported here: bench.under_attack builds on this module's servers and report.
+    from bench.under_attack import under_attack
+
+    under_attack(report, calls=options.attack_calls)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the suite; prints the table and the list of targets."""
     options = parse_options(argv)
@@ -741,6 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header(report)
     headline = saturation(report, options)
     variants(report, options, headline)
+    attacked(report, options)
     memory(report, options)
     hotpath(report)
     if options.profile:
@@ -769,6 +789,12 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
     )
     parser.add_argument("--distinct-unknown", type=int, default=DEFAULT_DISTINCT_UNKNOWN)
     parser.add_argument("--memory-keys", type=int, default=DEFAULT_MEMORY_KEYS)
+    parser.add_argument(
+        "--attack-calls",
+        type=int,
+        default=DEFAULT_ATTACK_CALLS,
+        help="legitimate checks measured during each attack",
+    )
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument(
         "--quick",
@@ -788,5 +814,6 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
         duration=args.duration,
         distinct_unknown=args.distinct_unknown,
         memory_keys=args.memory_keys,
+        attack_calls=args.attack_calls,
         profile=not args.skip_profile,
     )

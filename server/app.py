@@ -20,15 +20,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from sqlalchemy.engine import make_url
 
 from server.admin_tokens import AdminTokenVerifier, ensure_dev_key_pair
+from server.api.admission import CallAdmission
 from server.api.auth import AdminAuthInterceptor
 from server.api.authorize import AuthorizeServicer
 from server.api.key_admin import KeyAdminServicer
+from server.api.parsing import ServiceRegistry
 from server.cache import CachedKeyStore
 from server.domain.admin import KeyAdministration
 from server.domain.authorize import Authorizer
@@ -50,15 +53,18 @@ from server.settings import (
 )
 from server.store import open_store
 from server.tls import CertificateError, CertificateFiles, ServerCertificates
+from server.transport import TransportLimits
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-KEY_ADMIN_SERVICE = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"].full_name
-AUTHORIZE_SERVICE = authorize_pb2.DESCRIPTOR.services_by_name["Authorize"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+KEY_ADMIN = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"]
+AUTHORIZE = authorize_pb2.DESCRIPTOR.services_by_name["Authorize"]
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+KEY_ADMIN_SERVICE = KEY_ADMIN.full_name
+AUTHORIZE_SERVICE = AUTHORIZE.full_name
 SERVICE_NAMES = (KEY_ADMIN_SERVICE, AUTHORIZE_SERVICE)
-MAX_MESSAGE_BYTES = 1 << 20
 
 
 class Storage(KeyStore, ChangeFeed, WriteProbe, Protocol):
@@ -299,27 +305,29 @@ class ApiKeysServer:
     def _grpc_server(self, parts: Parts, served: Sequence[str]) -> grpc.aio.Server:
         settings = self._prepared.settings
         wiring = self._wiring
+        limits = TransportLimits.from_settings(settings)
         server = grpc.aio.server(
             interceptors=wiring.interceptors(self._prepared.verifier),
             options=[
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                *limits.channel_options(),
             ],
         )
+        registry = ServiceRegistry(
+            CallAdmission(limits.max_concurrent_rpcs, request_timeout=limits.request_timeout)
+        )
         if KEY_ADMIN_SERVICE in served:
-            key_admin_pb2_grpc.add_KeyAdminServicer_to_server(
-                wiring.key_admin_servicer(parts.administration), server
-            )
+            registry.add_service(server, KEY_ADMIN, wiring.key_admin_servicer(parts.administration))
         if AUTHORIZE_SERVICE in served:
-            authorize_pb2_grpc.add_AuthorizeServicer_to_server(
-                wiring.authorize_servicer(parts.authorizer), server
-            )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            registry.add_service(server, AUTHORIZE, wiring.authorize_servicer(parts.authorizer))
+        registry.add_service(server, HEALTH, self._health)
         # Reflection is an admin tool: with a separate admin port it stays
         # there, out of reach of every caller of Check.
         if settings.reflection and KEY_ADMIN_SERVICE in served:
-            reflection.enable_server_reflection(
-                (*served, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+            registry.add_service(
+                server,
+                REFLECTION,
+                ReflectionServicer((*served, HEALTH.full_name, REFLECTION.full_name)),
             )
         return server
 

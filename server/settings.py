@@ -394,6 +394,54 @@ class Settings:
         default="1",
         help="server processes sharing the listen port (needs a fixed port)",
     )
+    max_message_bytes: int = option(
+        parse=_whole_number_at_least(1024),
+        default="65536",
+        help="largest request accepted, in bytes; larger ones are `RESOURCE_EXHAUSTED`",
+    )
+    max_streams_per_connection: int = option(
+        parse=_whole_number_at_least(1),
+        default="100",
+        help="calls one connection may have open at once (HTTP/2 `MAX_CONCURRENT_STREAMS`)",
+    )
+    max_concurrent_rpcs: int = option(
+        parse=_whole_number_at_least(1),
+        default="256",
+        help="calls in progress at once, each connection getting an equal share (its first "
+        "call always gets in); past it a call is `RESOURCE_EXHAUSTED` at once",
+    )
+    request_timeout: float = option(
+        parse=_number_at_least(0.1),
+        default="5",
+        help="seconds a call's request message may take to arrive before the call is ended "
+        "and its stream reset",
+    )
+    connection_idle: float = option(
+        parse=_number_at_least(1.0),
+        default="300",
+        help="seconds a connection may stay without calls before the server closes it",
+    )
+    connection_max_age: float = option(
+        parse=_number_at_least(1.0),
+        default="600",
+        help="seconds after which the server asks a connection to go away (GOAWAY)",
+    )
+    connection_age_grace: float = option(
+        parse=_number_at_least(0.0),
+        default="30",
+        help="seconds a connection past its age gets to finish its calls before it is closed",
+    )
+    keepalive_interval: float = option(
+        parse=_number_at_least(1.0),
+        default="60",
+        help="seconds of silence after which the server pings a connection to see it is alive",
+    )
+    min_client_ping_interval: float = option(
+        parse=_number_at_least(1.0),
+        default="30",
+        help="shortest interval between a client's keepalive pings; a client pinging faster "
+        "is disconnected after two warnings",
+    )
     uvloop: bool = option(
         parse=_one_of({"true": True, "false": False}),
         default="true",

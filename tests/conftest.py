@@ -16,6 +16,7 @@ alone, for what only it offers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -128,8 +129,9 @@ class _SuiteDatabase:
                     self.name,
                 )
                 await admin.execute(f'ALTER DATABASE "{self.name}" RESET ALL')
-                if await self._restore():
-                    return self.url
+                with contextlib.suppress(asyncpg.PostgresError, TimeoutError):
+                    if await self._restore():
+                        return self.url
                 await admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{self.name}"')
             self.created = True
@@ -141,7 +143,9 @@ class _SuiteDatabase:
 
     async def _connect(self) -> Any:
         plain = make_url(self.url).set(drivername="postgresql")
-        return await asyncpg.connect(plain.render_as_string(hide_password=False))
+        return await asyncpg.connect(
+            plain.render_as_string(hide_password=False), timeout=5, command_timeout=30
+        )
 
     async def _remember(self) -> None:
         connection = await self._connect()
@@ -162,6 +166,10 @@ class _SuiteDatabase:
         try:
             if await connection.fetchval(_SCHEMA_QUERY) != self._schema:
                 return False
+            # A session that outlived its test (one still ending after the
+            # terminate above) must not stall the suite: past this, the
+            # database is made anew instead.
+            await connection.execute("SET lock_timeout = '5s'")
             async with connection.transaction():
                 await connection.execute(f"TRUNCATE {', '.join(self._seed)} RESTART IDENTITY")
                 for table, rows in self._seed.items():

@@ -68,8 +68,8 @@ def _bearer(metadata: Any) -> str:
 
 
 def _with_actor(handler: Handler, actor: Actor, method: str) -> Handler:
-    # KeyAdmin has only unary calls, served by async behaviours.
-    inner = cast(_Behavior, handler.unary_unary)
+    # KeyAdmin has only unary answers, served by async behaviours.
+    inner = cast(_Behavior, handler.stream_unary or handler.unary_unary)
     rpc = method.removeprefix(KEY_ADMIN_PREFIX)
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -93,18 +93,25 @@ def _with_actor(handler: Handler, actor: Actor, method: str) -> Handler:
                 },
             )
 
-    return grpc.unary_unary_rpc_method_handler(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return _like(handler, behavior)
 
 
 def _rejecting(handler: Handler, exc: Unauthenticated) -> Handler:
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await abort(context, exc)
 
-    return grpc.unary_unary_rpc_method_handler(
+    return _like(handler, behavior)
+
+
+def _like(handler: Handler, behavior: _Behavior) -> Handler:
+    """A handler of the same kind as ``handler`` (the server reads unary
+    requests from a stream, see ``server.api.parsing``) serving ``behavior``."""
+    make = (
+        grpc.stream_unary_rpc_method_handler
+        if handler.request_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(
         behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,

@@ -54,7 +54,10 @@ def to_status(exc: BaseException) -> grpc.Status:
     if described is None:
         log.error("unexpected error", exc_info=exc)
         described = _INTERNAL
-    code, message, reason, details = described
+    return _status(*described)
+
+
+def _status(code: int, message: str, reason: str, details: list[object]) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     packed = [_pack(info), *(_pack(detail) for detail in details)]
     return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
@@ -159,3 +162,25 @@ def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
+
+
+# Answers given before a request reaches any servicer: fixed texts, so that
+# nothing the caller sent and no library text comes back.
+REQUEST_UNPARSEABLE: Final = _status(
+    code_pb2.INVALID_ARGUMENT,
+    "the request is not a valid message of the method's request type",
+    "REQUEST_UNPARSEABLE",
+    [],
+)
+OVERLOADED: Final = _status(
+    code_pb2.RESOURCE_EXHAUSTED,
+    "too many calls in progress; retry with backoff",
+    "OVERLOADED",
+    [],
+)
+REQUEST_TOO_SLOW: Final = _status(
+    code_pb2.DEADLINE_EXCEEDED,
+    "the request message did not arrive in time",
+    "REQUEST_TIMEOUT",
+    [],
+)

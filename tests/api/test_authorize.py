@@ -159,7 +159,7 @@ async def test_non_canonical_requests_are_never_allowed(
 
 @pytest.mark.parametrize(
     "key",
-    ["", "vsk_", KEY_PREFIX + "a" * 49, "x" * 100_000, "vsk_é" + "a" * 48, "Bearer vsk_abc"],
+    ["", "vsk_", KEY_PREFIX + "a" * 49, "x" * 60_000, "vsk_é" + "a" * 48, "Bearer vsk_abc"],
 )
 async def test_odd_keys_are_malformed_denials_not_errors(harness: Harness, key: str) -> None:
     response = await check(harness, key, "GET", "/api/v4/users")

