@@ -56,7 +56,7 @@ async def _admin_connection() -> Any:
     if _postgres_unreachable:
         _postgres_missing(_postgres_unreachable[0])
     try:
-        return await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        return await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5, command_timeout=60)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         shown = make_url(POSTGRES_ADMIN_URL).render_as_string(hide_password=True)
         _postgres_unreachable.append(f"PostgreSQL at {shown} is unreachable: {exc!r}")
