@@ -249,16 +249,21 @@ async def test_key_admin_answers_every_input_safely_and_within_its_tenant(
     got = await outcome(method(request, metadata=metadata))
     event(rpc)
     event(f"{rpc}: {got.code.name}")
-    # Past the server's message limit gRPC refuses the request before any
-    # token is read.
-    limit = harness_on.server.settings.max_message_bytes
-    if header is not None and request.ByteSize() <= limit:
+    # The token is judged when the call opens, before its message arrives;
+    # past the server's message limit gRPC then refuses the message unread.
+    if header is not None:
         assert got.code == grpc.StatusCode.UNAUTHENTICATED, got.code
         assert got.error is not None
         assert_nothing_echoed(got.error, [header])
         return
-    if request.ByteSize() > limit:
-        assert got.code == grpc.StatusCode.RESOURCE_EXHAUSTED, got.code
+    if request.ByteSize() > harness_on.server.settings.max_message_bytes:
+        if got.code == grpc.StatusCode.UNAUTHENTICATED:
+            small = await outcome(
+                harness_on.admin.ListScopes(pb.ListScopesRequest(), metadata=metadata)
+            )
+            assert small.code == grpc.StatusCode.UNAUTHENTICATED, "a good token was refused"
+        else:
+            assert got.code == grpc.StatusCode.RESOURCE_EXHAUSTED, got.code
         return
     allowed = CALLER_CODES | (
         {grpc.StatusCode.RESOURCE_EXHAUSTED} if rpc == "CreateKey" else frozenset()
