@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
+TS := clients/typescript
+TS_DEPS := $(TS)/node_modules/.package-lock.json
+GENERATED := generated $(TS)/src/gen
+
 .PHONY: install install-runtime serve test lint settings-table generate check-generated postgres bench h2load clean
 
 $(STAMP): pyproject.toml
@@ -22,11 +26,17 @@ install-runtime:
 	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
 	$(PY) -m pip install --quiet --no-cache-dir .
 
+## The TypeScript client's packages, exactly as package-lock.json pins them.
+$(TS_DEPS): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $@
+
 serve: $(STAMP)
 	$(BIN)/apikeys-server
 
 ## Runs the whole suite; the PostgreSQL tests need the local server, started here if down.
-test: $(STAMP) postgres
+## The TypeScript client's test needs its packages.
+test: $(STAMP) $(TS_DEPS) postgres
 	$(PY) -m pytest -q
 
 postgres:
@@ -34,17 +44,19 @@ postgres:
 	@for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
 	  echo "PostgreSQL at 127.0.0.1:5432 is not ready" >&2; exit 1
 
-lint: $(STAMP)
+lint: $(STAMP) $(TS_DEPS)
 	$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server clients
+	cd $(TS) && npx tsc --noEmit
 
 ## Rewrites the README's Configuration table from the option declarations.
 settings-table: $(STAMP)
 	$(PY) -m server.settings --write-readme README.md
 
-generate: $(STAMP)
+## Python (generated/) and TypeScript ($(TS)/src/gen, buf.gen.yaml) code from protos/.
+generate: $(STAMP) $(TS_DEPS)
 	rm -rf generated/voiso
 	mkdir -p generated
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -I protos \
@@ -52,13 +64,14 @@ generate: $(STAMP)
 	  --mypy_out=quiet:generated --mypy_grpc_out=quiet:generated $(PROTOS)
 	for d in generated/voiso generated/voiso/apikeys generated/voiso/apikeys/v1; do \
 	  touch $$d/__init__.py $$d/py.typed; done
+	$(BIN)/buf generate
 
-## Fails when generated/ differs from what `make generate` writes.
+## Fails when generated code differs from what `make generate` writes.
 check-generated: generate
-	@git diff --exit-code --stat -- generated || \
-	  { echo "generated/ is stale: run 'make generate' and commit" >&2; exit 1; }
-	@test -z "$$(git ls-files --others --exclude-standard generated)" || \
-	  { echo "generated/ has uncommitted files: run 'make generate' and commit" >&2; exit 1; }
+	@git diff --exit-code --stat -- $(GENERATED) || \
+	  { echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git ls-files --others --exclude-standard $(GENERATED))" || \
+	  { echo "generated code has uncommitted files: run 'make generate' and commit" >&2; exit 1; }
 
 ## The whole benchmark suite (under 5 minutes); see docs/BENCHMARKS.md.
 bench: $(STAMP) h2load
@@ -70,4 +83,4 @@ h2load:
 	  { apt-get update && apt-get install -y nghttp2-client; }
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules
