@@ -10,7 +10,8 @@ TS := clients/typescript
 TS_DEPS := $(TS)/node_modules/.package-lock.json
 GENERATED := generated $(TS)/src/gen
 
-.PHONY: install install-runtime serve test lint settings-table generate check-generated postgres bench h2load clean
+.PHONY: install serve test lint settings-table generate check-generated postgres bench h2load \
+  image image-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +20,6 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
-
-## Runtime dependencies only, non-editable (the Docker image uses this).
-install-runtime:
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
-	$(PY) -m pip install --quiet --no-cache-dir .
 
 ## The TypeScript client's packages, exactly as package-lock.json pins them.
 $(TS_DEPS): $(TS)/package.json $(TS)/package-lock.json
@@ -35,7 +30,8 @@ serve: $(STAMP)
 	$(BIN)/apikeys-server
 
 ## Runs the whole suite; the PostgreSQL tests need the local server, started here if down.
-## The TypeScript client's test needs its packages.
+## The TypeScript client's test needs its packages; the container test builds
+## the image itself (`make image`).
 test: $(STAMP) $(TS_DEPS) postgres
 	$(PY) -m pytest -q
 
@@ -81,6 +77,44 @@ bench: $(STAMP) h2load
 h2load:
 	@command -v h2load >/dev/null || apt-get install -y nghttp2-client || \
 	  { apt-get update && apt-get install -y nghttp2-client; }
+
+## The container image, built by buildah from a base made of Debian packages
+## (no registry needed); see "Container image" in the README. The base's
+## tarball is cached under IMAGE_CACHE; the image's id goes to IIDFILE.
+IMAGE ?= localhost/voiso-apikeys:dev
+IMAGE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/voiso-apikeys
+IIDFILE ?= $(IMAGE_CACHE)/image-id
+BASE_TARBALL := $(IMAGE_CACHE)/debian-bookworm-python3.tar
+# The CA bundle pip trusts inside the build: the host's, so that a
+# TLS-inspecting proxy the host trusts is trusted there too.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+IMAGE_PACKAGES := buildah podman runc mmdebstrap
+APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=600
+
+image: image-tools $(BASE_TARBALL)
+	@base=localhost/apikeys-base:$$(sha256sum $(BASE_TARBALL) | cut -c1-12); \
+	if ! buildah inspect --type image $$base >/dev/null 2>&1; then \
+	  ctr=$$(buildah from scratch) && buildah add --quiet $$ctr $(BASE_TARBALL) / && \
+	  buildah commit --quiet --rm --format docker $$ctr $$base >/dev/null || exit 1; \
+	fi; \
+	buildah build --quiet --isolation chroot --format docker --layers \
+	  --volume $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro \
+	  --build-arg BASE=$$base --iidfile $(IIDFILE) --tag $(IMAGE) . >/dev/null
+	@buildah images --format '$(IMAGE) {{.ID}}: {{.Size}}' $$(cat $(IIDFILE))
+
+image-tools:
+	@for tool in $(IMAGE_PACKAGES); do command -v $$tool >/dev/null || exit 1; done || \
+	  $(APT_INSTALL) $(IMAGE_PACKAGES) || { apt-get update && $(APT_INSTALL) $(IMAGE_PACKAGES); }
+
+# Debian's own python3 on a minimal bookworm, without documentation.
+$(BASE_TARBALL):
+	mkdir -p $(@D)
+	mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
+	  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+	  --dpkgopt='path-exclude=/usr/share/locale/*' \
+	  bookworm $@.part
+	mv $@.part $@
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules
