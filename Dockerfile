@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
-# The base is any Debian-like image with python3 and python3-venv: `make
-# image` builds one from Debian packages (no registry needed); a registry's
-# python:3.11-slim serves as well.
-ARG BASE=localhost/apikeys-base:bookworm
+# The base is any Debian-like image with python3 and its venv module: where a
+# registry is reachable the default does; `make image` passes one it makes
+# from Debian packages instead, so that no registry is needed.
+ARG BASE=python:3.11-slim
 
 # Build stage: the service and its dependencies installed into one venv, which
 # is all the runtime stage takes. Every dependency ships as a wheel, so no

@@ -100,7 +100,8 @@ image: image-tools $(BASE_TARBALL)
 	buildah build --quiet --isolation chroot --format docker --layers \
 	  --volume $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro \
 	  --build-arg BASE=$$base --iidfile $(IIDFILE) --tag $(IMAGE) . >/dev/null
-	@buildah images --format '$(IMAGE) {{.ID}}: {{.Size}}' $$(cat $(IIDFILE))
+	@id=$$(cat $(IIDFILE)); \
+	  echo "$(IMAGE) ($$(echo $${id#sha256:} | cut -c1-12)): $$(buildah images --noheading --format '{{.Size}}' $$id)"
 
 image-tools:
 	@for tool in $(IMAGE_PACKAGES); do command -v $$tool >/dev/null || exit 1; done || \
