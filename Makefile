@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install install-runtime serve console test fuzz lint settings-table generate check-generated postgres bench h2load chromium screenshots clean
+TS := clients/typescript
+TS_DEPS := $(TS)/node_modules/.package-lock.json
+GENERATED := generated $(TS)/src/gen
+
+.PHONY: install serve console test fuzz lint settings-table generate check-generated postgres \
+  bench h2load chromium screenshots image image-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Runtime dependencies only, non-editable (the Docker image uses this).
-install-runtime:
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
-	$(PY) -m pip install --quiet --no-cache-dir .
+## The TypeScript client's packages, exactly as package-lock.json pins them.
+$(TS_DEPS): $(TS)/package.json $(TS)/package-lock.json
+	cd $(TS) && npm ci --no-audit --no-fund
+	touch $@
 
 serve: $(STAMP)
 	$(BIN)/apikeys-server
@@ -32,8 +36,9 @@ console: $(STAMP)
 
 ## Runs the whole suite; the PostgreSQL tests need the local server, started here if down,
 ## the console's browser tests Debian's chromium and the attack tests h2load, each
-## installed here if missing.
-test: $(STAMP) postgres chromium h2load
+## installed here if missing. The TypeScript client's test needs its packages; the
+## container test builds the image itself (`make image`).
+test: $(STAMP) $(TS_DEPS) postgres chromium h2load
 	$(PY) -m pytest -q
 
 ## The property-based suite at length (thousands of examples per property;
@@ -46,18 +51,20 @@ postgres:
 	@for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
 	  echo "PostgreSQL at 127.0.0.1:5432 is not ready" >&2; exit 1
 
-lint: $(STAMP)
+lint: $(STAMP) $(TS_DEPS)
 	$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server clients console
+	cd $(TS) && npx tsc --noEmit
 
 ## Rewrites the README's Configuration table from the option declarations.
 settings-table: $(STAMP)
 	$(PY) -m server.settings --write-readme README.md
 	$(PY) -m console.settings_table --write-readme README.md
 
-generate: $(STAMP)
+## Python (generated/) and TypeScript ($(TS)/src/gen, buf.gen.yaml) code from protos/.
+generate: $(STAMP) $(TS_DEPS)
 	rm -rf generated/voiso
 	mkdir -p generated
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -I protos \
@@ -65,13 +72,14 @@ generate: $(STAMP)
 	  --mypy_out=quiet:generated --mypy_grpc_out=quiet:generated $(PROTOS)
 	for d in generated/voiso generated/voiso/apikeys generated/voiso/apikeys/v1; do \
 	  touch $$d/__init__.py $$d/py.typed; done
+	$(BIN)/buf generate
 
-## Fails when generated/ differs from what `make generate` writes.
+## Fails when generated code differs from what `make generate` writes.
 check-generated: generate
-	@git diff --exit-code --stat -- generated || \
-	  { echo "generated/ is stale: run 'make generate' and commit" >&2; exit 1; }
-	@test -z "$$(git ls-files --others --exclude-standard generated)" || \
-	  { echo "generated/ has uncommitted files: run 'make generate' and commit" >&2; exit 1; }
+	@git diff --exit-code --stat -- $(GENERATED) || \
+	  { echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git ls-files --others --exclude-standard $(GENERATED))" || \
+	  { echo "generated code has uncommitted files: run 'make generate' and commit" >&2; exit 1; }
 
 ## The whole benchmark suite (under 5 minutes); see docs/BENCHMARKS.md.
 bench: $(STAMP) h2load
@@ -91,5 +99,44 @@ chromium:
 screenshots: $(STAMP) chromium
 	APIKEYS_SCREENSHOTS=1 $(PY) -m pytest -q tests/console/test_browser.py -k "adds and desktop"
 
+## The container image, built by buildah from a base made of Debian packages
+## (no registry needed); see "Container image" in the README. The base's
+## tarball is cached under IMAGE_CACHE; the image's id goes to IIDFILE.
+IMAGE ?= localhost/voiso-apikeys:dev
+IMAGE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/voiso-apikeys
+IIDFILE ?= $(IMAGE_CACHE)/image-id
+BASE_TARBALL := $(IMAGE_CACHE)/debian-bookworm-python3.tar
+# The CA bundle pip trusts inside the build: the host's, so that a
+# TLS-inspecting proxy the host trusts is trusted there too.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+IMAGE_PACKAGES := buildah podman runc mmdebstrap
+APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=600
+
+image: image-tools $(BASE_TARBALL)
+	@base=localhost/apikeys-base:$$(sha256sum $(BASE_TARBALL) | cut -c1-12); \
+	if ! buildah inspect --type image $$base >/dev/null 2>&1; then \
+	  ctr=$$(buildah from scratch) && buildah add --quiet $$ctr $(BASE_TARBALL) / && \
+	  buildah commit --quiet --rm --format docker $$ctr $$base >/dev/null || exit 1; \
+	fi; \
+	buildah build --quiet --isolation chroot --format docker --layers \
+	  --volume $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt:ro \
+	  --build-arg BASE=$$base --iidfile $(IIDFILE) --tag $(IMAGE) . >/dev/null
+	@id=$$(cat $(IIDFILE)); \
+	  echo "$(IMAGE) ($$(echo $${id#sha256:} | cut -c1-12)): $$(buildah images --noheading --format '{{.Size}}' $$id)"
+
+image-tools:
+	@for tool in $(IMAGE_PACKAGES); do command -v $$tool >/dev/null || exit 1; done || \
+	  $(APT_INSTALL) $(IMAGE_PACKAGES) || { apt-get update && $(APT_INSTALL) $(IMAGE_PACKAGES); }
+
+# Debian's own python3 on a minimal bookworm, without documentation.
+$(BASE_TARBALL):
+	mkdir -p $(@D)
+	mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
+	  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+	  --dpkgopt='path-exclude=/usr/share/locale/*' \
+	  bookworm $@.part
+	mv $@.part $@
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules
