@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from server.domain.errors import KeyCollision, KeyLimitExceeded, StoreUnavailable
-from server.domain.records import AuditAction, ChangeKind, KeyChanges, KeyCursor, KeyRecord
+from server.domain.records import AuditAction, KeyChanges, KeyCursor, KeyRecord
 from server.store import SqlKeyStore, check_database_url, open_store
 from tests.conftest import BASE_TIME, KeyFactory
 
@@ -519,53 +519,3 @@ def _overwrite_with_garbage(directory: Path, pattern: str) -> None:
 
 def _with(key: KeyRecord, **changes: object) -> KeyRecord:
     return replace(key, **changes)  # type: ignore[arg-type]
-
-
-async def test_every_mutation_appends_to_the_change_feed(
-    store: SqlKeyStore, make_key: KeyFactory
-) -> None:
-    before = await store.latest_change()
-    key = await store.create_key(make_key(), max_keys=LIMIT)
-    await store.update_key("cc-1", key.id, KeyChanges(name="n"), actor_id="a", time=T1)
-    await store.reveal_key("cc-1", key.id, actor_id="a", time=T1)
-    await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
-
-    page = await store.changes_after(before, limit=10)
-
-    assert [(c.kind, c.lookup_hash) for c in page.changes] == [
-        (ChangeKind.CREATED, key.lookup_hash),
-        (ChangeKind.UPDATED, key.lookup_hash),
-        (ChangeKind.DELETED, key.lookup_hash),
-    ]
-    assert [c.seq for c in page.changes] == sorted({c.seq for c in page.changes})
-    assert await store.latest_change() == page.changes[-1].seq
-    assert (await store.changes_after(page.changes[0].seq, limit=1)).changes == page.changes[1:2]
-
-
-async def test_a_failed_mutation_appends_nothing(store: SqlKeyStore, make_key: KeyFactory) -> None:
-    key = await store.create_key(make_key(), max_keys=LIMIT)
-    latest = await store.latest_change()
-
-    with pytest.raises(KeyCollision):
-        await store.create_key(make_key(lookup_hash=key.lookup_hash), max_keys=LIMIT)
-    assert await store.delete_key("cc-1", "key_missing", actor_id="a", time=T1) is None
-
-    assert await store.latest_change() == latest
-
-
-async def test_pruning_removes_old_changes_and_marks_how_far(
-    store: SqlKeyStore, make_key: KeyFactory
-) -> None:
-    await store.create_key(make_key(), max_keys=LIMIT)
-    latest = await store.latest_change()
-
-    assert await store.prune_changes(datetime.now(UTC) - timedelta(hours=1)) == 0
-    assert await store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 1
-    assert await store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 0
-
-    page = await store.changes_after(0, limit=10)
-    assert page.changes == () and page.pruned_through == latest
-    assert await store.latest_change() == latest
-    newer = await store.create_key(make_key(), max_keys=LIMIT)
-    [change] = (await store.changes_after(latest, limit=10)).changes
-    assert change.seq > latest and change.lookup_hash == newer.lookup_hash
