@@ -95,6 +95,18 @@ _MIGRATION_LOCK_ID = 0x61706B6579730001
 
 _LIKE_ESCAPE = "\\"
 
+_RECORD_LAST_USED = (
+    update(api_keys)
+    .where(
+        api_keys.c.id == bindparam("b_key_id"),
+        or_(
+            api_keys.c.last_used_time.is_(None),
+            api_keys.c.last_used_time < bindparam("b_time"),
+        ),
+    )
+    .values(last_used_time=bindparam("b_time"))
+)
+
 
 async def open_store(database_url: str, *, migrate: bool = True) -> SqlKeyStore:
     """Open the store at ``database_url``, first migrating it to the latest
@@ -428,29 +440,43 @@ class SqlKeyStore(KeyStore, ChangeFeed):
 
     async def record_last_used(self, uses: Mapping[str, datetime]) -> None:
         """Set ``last_used_time`` of each key id to the given time unless
-        it is already later, all in one transaction. Unknown (deleted) ids
-        are ignored."""
+        it is already later, in one short transaction that never waits for a
+        row lock. Unknown (deleted) ids are ignored.
+
+        On PostgreSQL a key whose row another transaction holds (an admin
+        write, another replica's flush) is skipped rather than waited for,
+        so a stalled writer holds up neither this flush nor, through it,
+        other writers; ``StoreUnavailable`` then says some times were not
+        written, for the caller to retry. SQLite's single writer has no row
+        locks to wait for.
+        """
         if not uses:
             return
-        # Sorted so that replicas flushing overlapping batches lock rows in
-        # the same order and cannot deadlock.
-        params = [
-            {"b_key_id": key_id, "b_time": _to_micros(used)}
-            for key_id, used in sorted(uses.items())
-        ]
-        statement = (
-            update(api_keys)
-            .where(
-                api_keys.c.id == bindparam("b_key_id"),
-                or_(
-                    api_keys.c.last_used_time.is_(None),
-                    api_keys.c.last_used_time < bindparam("b_time"),
-                ),
-            )
-            .values(last_used_time=bindparam("b_time"))
-        )
+        written = set(uses)
         async with self._write("record_last_used") as conn:
-            await conn.execute(statement, params)
+            if self._postgres:
+                written = set(
+                    await conn.scalars(
+                        select(api_keys.c.id)
+                        .where(api_keys.c.id.in_(uses))
+                        .order_by(api_keys.c.id)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+            params = [
+                {"b_key_id": key_id, "b_time": _to_micros(used)}
+                for key_id, used in sorted(uses.items())
+                if key_id in written
+            ]
+            if params:
+                await conn.execute(_RECORD_LAST_USED, params)
+        if written != set(uses) and await self._any_key_exists(set(uses) - written):
+            raise StoreUnavailable("last-used times of keys being written elsewhere wait")
+
+    async def _any_key_exists(self, key_ids: set[str]) -> bool:
+        async with self._read("record_last_used") as conn:
+            found = await conn.scalar(select(api_keys.c.id).where(api_keys.c.id.in_(key_ids)))
+        return found is not None
 
     async def changes_since(self, position: FeedPosition | None, *, limit: int) -> ChangePage:
         """Entries committed after ``position`` was taken, oldest ``seq``
