@@ -19,7 +19,9 @@ from sqlalchemy.engine import make_url
 
 from server.domain.errors import KeyCollision
 from server.domain.records import ChangeKind, ChangePage, FeedPosition, KeyChanges
+from server.invalidation import ChangeFollower
 from server.store import SqlKeyStore, open_store
+from server.store._engine import POSTGRES_MAX_OVERFLOW, POSTGRES_POOL_SIZE
 from tests.conftest import BASE_TIME, KeyFactory, fresh_postgres_database
 
 LIMIT = 50
@@ -259,3 +261,36 @@ async def test_a_reader_pointed_at_another_database_is_reset(
 
     assert page.reset and page.changes == ()
     assert not after.reset and after.changes == ()
+
+
+class _RecordingCache:
+    def __init__(self) -> None:
+        self.invalidated: list[bytes] = []
+
+    def invalidate(self, lookup_hashes: list[bytes]) -> None:
+        self.invalidated.extend(lookup_hashes)
+
+    def clear(self) -> None:
+        self.invalidated.clear()
+
+
+@pytest.mark.postgres
+async def test_lookups_holding_every_pooled_connection_do_not_hold_up_invalidations(
+    postgres_url: str, make_key: KeyFactory
+) -> None:
+    store = await open_store(postgres_url)
+    cache = _RecordingCache()
+    follower = ChangeFollower(store, cache, poll=1)
+    try:
+        await follower.sync()
+        key = await store.create_key(make_key(), max_keys=LIMIT)
+        async with contextlib.AsyncExitStack() as lookups:
+            # A flood of Check lookups of unknown keys, each holding a
+            # pooled connection, as many as the pool lends.
+            for _ in range(POSTGRES_POOL_SIZE + POSTGRES_MAX_OVERFLOW):
+                await lookups.enter_async_context(store.engine.connect())
+            await asyncio.wait_for(follower.sync(), timeout=2)
+    finally:
+        await store.close()
+
+    assert cache.invalidated == [key.lookup_hash]
