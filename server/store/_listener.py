@@ -46,7 +46,7 @@ RECONNECT_MAX_DELAY_S = 5.0
 HEALTHY_AFTER_S = 30.0
 # How often the SQLite commit counter is read: the p99 of a wake-up after a
 # commit by another process is about this; a read costs microseconds.
-COMMIT_WATCH_INTERVAL_S = 0.02
+COMMIT_WATCH_INTERVAL_S = 0.01
 COMMIT_WATCH_RETRY_S = 1.0
 
 # TimeoutError (a connect or probe that took too long) is an OSError.
