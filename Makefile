@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install install-runtime serve test lint generate check-generated postgres bench h2load clean
+.PHONY: install install-runtime serve test history lint generate check-generated postgres bench h2load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ serve: $(STAMP)
 ## Runs the whole suite; the PostgreSQL tests need the local server, started here if down.
 test: $(STAMP) postgres
 	$(PY) -m pytest -q
+
+## A longer run of the revocation history checker (about 4 minutes) on the
+## local PostgreSQL; see docs/REVOCATION.md.
+history: $(STAMP) postgres
+	$(PY) -m tests.replicas.history --seconds 180
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

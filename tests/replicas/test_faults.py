@@ -29,6 +29,7 @@ from tests.replicas.processes import (
     AdminKeys,
     ServerProcess,
     delete_key,
+    free_port,
     new_key,
     seconds_until_denied,
     server_process,
@@ -155,3 +156,48 @@ async def test_after_failover_to_a_database_without_the_last_commits_a_delete_st
                 assert "failed over or was replaced" in b.log.read_text()
     finally:
         standby.destroy()
+
+
+async def _until_replayed(standby: ThrowawayCluster, key_id: str) -> None:
+    connection = await asyncpg.connect(_libpq(standby.url))
+    try:
+        deadline = time.monotonic() + 20
+        while not await connection.fetchval("SELECT count(*) FROM api_keys WHERE id = $1", key_id):
+            assert time.monotonic() < deadline, "the standby did not catch up"
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
+async def test_after_failover_to_a_promoted_standby_missing_the_last_commits_a_delete_revokes(
+    tmp_path: Path, cluster: ThrowawayCluster
+) -> None:
+    async with switching_proxy(cluster.port) as replication:
+        # In threads: the base backup and the standby's start stream
+        # through the proxy, which runs on this event loop.
+        standby = await asyncio.to_thread(ThrowawayCluster, standby_of=replication.port)
+        try:
+            await asyncio.to_thread(standby.start)
+            async with switching_proxy(cluster.port) as proxy:
+                url = f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/postgres"
+                async with _replicas(tmp_path, url) as (a, b, admin_keys):
+                    key_id, secret = await new_key(a, admin_keys)
+                    await _until_replayed(standby, key_id)
+                    # The replication link freezes; the primary goes on
+                    # committing changes (more than the 32 sequence values
+                    # PostgreSQL logs ahead) that B reads past.
+                    await replication.switch(free_port())
+                    for _ in range(40):
+                        _, lost = await new_key(a, admin_keys)
+                        assert (await b.check(lost)).allowed
+                    assert (await b.check(secret)).allowed
+
+                    await asyncio.to_thread(standby.promote)
+                    await proxy.switch(standby.port)
+                    await _deleted_after_failover(a, admin_keys, key_id)
+                    deleted = time.perf_counter()
+
+                    assert await seconds_until_denied(b, secret, deleted, give_up=BOUND_S) < BOUND_S
+                    assert "failed over or was replaced" in b.log.read_text()
+        finally:
+            standby.destroy()
