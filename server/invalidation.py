@@ -30,11 +30,12 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Protocol
 
 from server.domain.errors import StoreUnavailable
-from server.domain.records import FeedPosition
+from server.domain.records import ChangeKind, FeedPosition, KeyChange
 from server.domain.store import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class KeyCache(Protocol):
 
     def invalidate(self, lookup_hashes: list[bytes]) -> None:
         """Forget what is known about these lookup hashes."""
+        ...
+
+    def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
+        """Forget that these hashes were unknown (their keys were created)."""
         ...
 
     def clear(self) -> None:
@@ -142,11 +147,21 @@ class ChangeFollower:
             elif page.missed:
                 self._cache.clear()
                 log.warning("change feed fell behind pruning; cleared the key cache")
-            if page.changes:
-                self._cache.invalidate([change.lookup_hash for change in page.changes])
+            self._apply(page.changes)
             self._position = page.position
             if not page.more:
                 return
+
+    def _apply(self, changes: Sequence[KeyChange]) -> None:
+        # A creation only makes a hash that was unknown known: whatever was
+        # found for it since is current (later changes have entries of their
+        # own), so only updates and deletes drop found keys.
+        created = [c.lookup_hash for c in changes if c.kind is ChangeKind.CREATED]
+        changed = [c.lookup_hash for c in changes if c.kind is not ChangeKind.CREATED]
+        if created:
+            self._cache.forget_unknown(created)
+        if changed:
+            self._cache.invalidate(changed)
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()

@@ -24,11 +24,9 @@ class FakeFeed:
         self.reads = 0
         self.pruned_with: list[timedelta] = []
 
-    def commit(self, seq: int) -> bytes:
+    def commit(self, seq: int, kind: ChangeKind = ChangeKind.DELETED) -> bytes:
         lookup_hash = f"hash-{seq}".encode()
-        self.committed.append(
-            KeyChange(seq=seq, lookup_hash=lookup_hash, kind=ChangeKind.DELETED, time=_NOW)
-        )
+        self.committed.append(KeyChange(seq=seq, lookup_hash=lookup_hash, kind=kind, time=_NOW))
         return lookup_hash
 
     def replace_database(self) -> None:
@@ -67,10 +65,14 @@ _NOW = datetime(2025, 3, 1, tzinfo=UTC)
 class RecordingCache:
     def __init__(self) -> None:
         self.invalidated: list[bytes] = []
+        self.known_now: list[bytes] = []
         self.clears = 0
 
     def invalidate(self, lookup_hashes: list[bytes]) -> None:
         self.invalidated.extend(lookup_hashes)
+
+    def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
+        self.known_now.extend(lookup_hashes)
 
     def clear(self) -> None:
         self.clears += 1
@@ -112,6 +114,18 @@ async def test_each_change_is_applied_once_in_the_order_it_committed() -> None:
     await follower.sync()
 
     assert cache.invalidated == [first, third, late]
+
+
+async def test_a_creation_only_forgets_that_its_hash_was_unknown() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    follower = await _started(ChangeFollower(feed, cache, poll=1))
+    created = feed.commit(1, ChangeKind.CREATED)
+    updated = feed.commit(2, ChangeKind.UPDATED)
+
+    await follower.sync()
+
+    assert cache.known_now == [created]
+    assert cache.invalidated == [updated]
 
 
 async def test_a_backlog_longer_than_a_page_is_read_in_one_sync() -> None:

@@ -113,19 +113,34 @@ async def _copy_rows(source: str, target: str, table: str) -> None:
         await writing.close()
 
 
-async def _deleted_after_failover(
-    server: ServerProcess, admin_keys: AdminKeys, key_id: str
+async def _commit_and_read(
+    a: ServerProcess, b: ServerProcess, admin_keys: AdminKeys, *, count: int
 ) -> None:
-    """Deletes through ``server``, whose pooled connections died with the
-    old primary: the first attempts may find the database unavailable."""
+    """``count`` keys created through A and checked on B, whose follower
+    then stands past their changes."""
+    for _ in range(count):
+        _, created = await new_key(a, admin_keys)
+        assert (await b.check(created)).allowed
+
+
+async def _revoked_after_failover(
+    a: ServerProcess, b: ServerProcess, admin_keys: AdminKeys, key_id: str, secret: str
+) -> None:
+    """Deletes through A, whose pooled connections died with the old
+    primary (the first attempts may find the database unavailable), and
+    checks that B, which had the key cached, refuses it within the bound."""
     deadline = time.monotonic() + 20
     while True:
         try:
-            await delete_key(server, admin_keys, key_id)
-            return
+            await delete_key(a, admin_keys, key_id)
+            break
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
             await asyncio.sleep(0.1)
+    deleted = time.perf_counter()
+
+    assert await seconds_until_denied(b, secret, deleted, give_up=BOUND_S) < BOUND_S
+    assert "failed over or was replaced" in b.log.read_text()
 
 
 async def test_after_failover_to_a_database_without_the_last_commits_a_delete_still_revokes(
@@ -143,17 +158,11 @@ async def test_after_failover_to_a_database_without_the_last_commits_a_delete_st
                 for table in ("contact_centers", "api_keys"):
                     await _copy_rows(cluster.url, standby.url, table)
                 # Commits the standby never received: B reads past them.
-                for _ in range(20):
-                    _, lost = await new_key(a, admin_keys)
-                    assert (await b.check(lost)).allowed
+                await _commit_and_read(a, b, admin_keys, count=20)
                 assert (await b.check(secret)).allowed
 
                 await proxy.switch(standby.port)
-                await _deleted_after_failover(a, admin_keys, key_id)
-                deleted = time.perf_counter()
-
-                assert await seconds_until_denied(b, secret, deleted, give_up=BOUND_S) < BOUND_S
-                assert "failed over or was replaced" in b.log.read_text()
+                await _revoked_after_failover(a, b, admin_keys, key_id, secret)
     finally:
         standby.destroy()
 
@@ -187,17 +196,11 @@ async def test_after_failover_to_a_promoted_standby_missing_the_last_commits_a_d
                     # committing changes (more than the 32 sequence values
                     # PostgreSQL logs ahead) that B reads past.
                     await replication.switch(free_port())
-                    for _ in range(40):
-                        _, lost = await new_key(a, admin_keys)
-                        assert (await b.check(lost)).allowed
+                    await _commit_and_read(a, b, admin_keys, count=40)
                     assert (await b.check(secret)).allowed
 
                     await asyncio.to_thread(standby.promote)
                     await proxy.switch(standby.port)
-                    await _deleted_after_failover(a, admin_keys, key_id)
-                    deleted = time.perf_counter()
-
-                    assert await seconds_until_denied(b, secret, deleted, give_up=BOUND_S) < BOUND_S
-                    assert "failed over or was replaced" in b.log.read_text()
+                    await _revoked_after_failover(a, b, admin_keys, key_id, secret)
         finally:
             standby.destroy()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from server.domain.errors import KeyCollision
-from server.domain.records import ChangeKind, ChangePage, FeedPosition, KeyChanges
+from server.domain.records import ChangeKind, ChangePage, FeedPosition, KeyChanges, KeyRecord
 from server.invalidation import ChangeFollower
 from server.store import SqlKeyStore, open_store
 from server.store._engine import POSTGRES_MAX_OVERFLOW, POSTGRES_POOL_SIZE
@@ -157,31 +158,44 @@ async def test_a_database_file_replaced_under_a_reader_resets_it(
 # PostgreSQL: transactions commit in any order and for as long as they like.
 
 
+@dataclass
+class _InFlight:
+    """A delete by a second writer, stalled between taking its entry's seq
+    and committing, and what a reader read meanwhile."""
+
+    key: KeyRecord
+    seq: int
+    read: ChangePage
+    commit: Callable[[], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def _open_transaction(database_url: str) -> AsyncIterator[Any]:
-    """A second writer's connection with a transaction open on it."""
+async def _delete_in_flight(
+    store: SqlKeyStore, database_url: str, make_key: KeyFactory, *, later: int
+) -> AsyncIterator[_InFlight]:
+    """Yields once the stalled delete took its seq, ``later`` keys created
+    after it committed, and a reader positioned before all of them read."""
+    key = await store.create_key(make_key(), max_keys=LIMIT)
+    position = await _start(store)
     connection = await asyncpg.connect(
         make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     )
     try:
         transaction = connection.transaction()
         await transaction.start()
-        yield transaction, connection
-    finally:
-        await connection.close()
-
-
-async def _stalled_delete(connection: Any, lookup_hash: bytes) -> int:
-    """What a delete does, up to its commit: the key row goes, the change
-    entry takes its seq."""
-    await connection.execute("DELETE FROM api_keys WHERE lookup_hash = $1", lookup_hash)
-    return int(
-        await connection.fetchval(
+        await connection.execute("DELETE FROM api_keys WHERE lookup_hash = $1", key.lookup_hash)
+        seq = await connection.fetchval(
             "INSERT INTO key_changes (lookup_hash, kind, time)"
             " VALUES ($1, 'deleted', 0) RETURNING seq",
-            lookup_hash,
+            key.lookup_hash,
         )
-    )
+        created = [await store.create_key(make_key(), max_keys=LIMIT) for _ in range(later)]
+        read = await _read_all(store, position)
+        assert [c.lookup_hash for c in read.changes] == [k.lookup_hash for k in created]
+        assert all(c.seq > seq for c in read.changes)
+        yield _InFlight(key=key, seq=int(seq), read=read, commit=transaction.commit)
+    finally:
+        await connection.close()
 
 
 @pytest.mark.postgres
@@ -190,27 +204,21 @@ async def test_a_change_committed_after_later_ones_were_read_is_still_read(
 ) -> None:
     store = await open_store(postgres_url)
     try:
-        stalled_key = await store.create_key(make_key(), max_keys=LIMIT)
-        position = await _start(store)
-        async with _open_transaction(postgres_url) as (transaction, connection):
-            stalled_seq = await _stalled_delete(connection, stalled_key.lookup_hash)
-            later = [await store.create_key(make_key(), max_keys=LIMIT) for _ in range(3)]
-            read = await _read_all(store, position)
-            assert [c.lookup_hash for c in read.changes] == [k.lookup_hash for k in later]
-            assert all(c.seq > stalled_seq for c in read.changes)
+        async with _delete_in_flight(store, postgres_url, make_key, later=3) as stalled:
             # No reader may pass the running transaction's entry, however
             # often it reads meanwhile.
+            read = stalled.read
             for _ in range(3):
                 read = await _read_all(store, read.position)
                 assert read.changes == ()
-            await transaction.commit()
+            await stalled.commit()
 
         late = await _read_all(store, read.position)
     finally:
         await store.close()
 
     assert [(c.seq, c.lookup_hash) for c in late.changes] == [
-        (stalled_seq, stalled_key.lookup_hash)
+        (stalled.seq, stalled.key.lookup_hash)
     ]
 
 
@@ -220,23 +228,17 @@ async def test_a_pruner_far_ahead_in_time_cannot_prune_a_change_still_in_flight(
 ) -> None:
     store = await open_store(postgres_url)
     try:
-        stalled_key = await store.create_key(make_key(), max_keys=LIMIT)
-        position = await _start(store)
-        async with _open_transaction(postgres_url) as (transaction, connection):
-            stalled_seq = await _stalled_delete(connection, stalled_key.lookup_hash)
-            later = await store.create_key(make_key(), max_keys=LIMIT)
-            read = await _read_all(store, position)
-            assert [c.lookup_hash for c in read.changes] == [later.lookup_hash]
+        async with _delete_in_flight(store, postgres_url, make_key, later=1) as stalled:
             # Everything looks a day old to a clock a day ahead.
             await store.prune_changes(timedelta(days=-1))
-            await transaction.commit()
+            await stalled.commit()
 
-        late = await _read_all(store, read.position)
+        late = await _read_all(store, stalled.read.position)
     finally:
         await store.close()
 
     assert [(c.seq, c.lookup_hash) for c in late.changes] == [
-        (stalled_seq, stalled_key.lookup_hash)
+        (stalled.seq, stalled.key.lookup_hash)
     ]
     assert not late.missed
 
@@ -268,6 +270,9 @@ class _RecordingCache:
         self.invalidated: list[bytes] = []
 
     def invalidate(self, lookup_hashes: list[bytes]) -> None:
+        self.invalidated.extend(lookup_hashes)
+
+    def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
         self.invalidated.extend(lookup_hashes)
 
     def clear(self) -> None:
