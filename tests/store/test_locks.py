@@ -1,6 +1,7 @@
 """Last-used flushes on PostgreSQL never wait for a row another transaction
 holds, so a stalled admin write holds up neither the flush nor, through the
-flush's own locks, admin writes to other keys."""
+flush's own locks, admin writes to other keys; and no session lets a
+statement or an idle transaction hold locks for long."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from server.domain.errors import StoreUnavailable
@@ -62,3 +64,19 @@ async def test_a_flush_skips_a_key_a_stalled_admin_write_holds_and_blocks_no_one
     assert free_now is not None and free_now.last_used_time == USED
     assert held_now is not None and held_now.last_used_time is None
     assert held_later is not None and held_later.last_used_time == USED
+
+
+async def test_every_session_bounds_its_statements_and_idle_transactions(
+    postgres_url: str,
+) -> None:
+    store = await open_store(postgres_url)
+    try:
+        settings = {}
+        for engine in (store.engine, store.feed_engine):
+            async with engine.connect() as conn:
+                for name in ("statement_timeout", "idle_in_transaction_session_timeout"):
+                    settings[name] = await conn.scalar(text(f"SHOW {name}"))
+    finally:
+        await store.close()
+
+    assert settings == {"statement_timeout": "10s", "idle_in_transaction_session_timeout": "15s"}
