@@ -30,9 +30,11 @@ test: $(STAMP) postgres
 	$(PY) -m pytest -q
 
 ## A longer run of the revocation history checker (about 4 minutes) on the
-## local PostgreSQL; see docs/REVOCATION.md.
+## local PostgreSQL; HISTORY_ARGS="--stall 16" adds stalled deletes. See
+## docs/REVOCATION.md.
+HISTORY_ARGS ?=
 history: $(STAMP) postgres
-	$(PY) -m tests.replicas.history --seconds 180
+	$(PY) -m tests.replicas.history --seconds 180 $(HISTORY_ARGS)
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

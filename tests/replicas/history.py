@@ -15,7 +15,9 @@ Each key is written by one writer at a time, so its writes are ordered; a
 write whose RPC failed leaves the key's state unknown from then on, and
 answers about it are not judged after that point.
 
-Run a longer history against a fresh database on the local PostgreSQL:
+Run a longer history against a fresh database on the local PostgreSQL
+(``--stall 16`` adds deletes that hold their change's sequence number 16 s
+before committing):
 
     .venv/bin/python -m tests.replicas.history --seconds 180
 """
@@ -34,8 +36,10 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
 from google.protobuf import field_mask_pb2
+from sqlalchemy.engine import make_url
 
 from tests.replicas.processes import AdminKeys, ServerProcess, server_process
 from voiso.apikeys.v1 import key_admin_pb2 as pb
@@ -162,6 +166,13 @@ class HistoryRun:
     # The latest deleted keys, which checkers keep asking about: that is
     # where a missed invalidation would show.
     _deleted: deque[_Key] = field(default_factory=lambda: deque(maxlen=DELETED_CHECKED))
+    # With a database URL, deletes that stall this many seconds between
+    # taking their change's seq and committing (as a paused writer's do)
+    # run alongside the writers.
+    stall: float = 0.0
+    database_url: str = ""
+    # Keys whose stalled delete committed: checked to the end of the run.
+    _stalled: list[_Key] = field(default_factory=list)
     _stocked: asyncio.Event = field(default_factory=asyncio.Event)
     _stocked_at: int = 0
 
@@ -182,7 +193,14 @@ class HistoryRun:
         ]
         # Checkers start once every writer has keys to ask about.
         self._stocked_at = len(writers) * self.keys_per_writer
-        await self._stocked.wait()
+        stocked = asyncio.create_task(self._stocked.wait())
+        await asyncio.wait([stocked, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if not stocked.done():
+            # A writer failed before there was anything to check.
+            stocked.cancel()
+            await asyncio.gather(*tasks)
+        if self.stall:
+            tasks.append(asyncio.create_task(self._stalled_deletes(writers[0], metadata, stop)))
         tasks += [
             asyncio.create_task(self._check(checker, stop, seed=self.seed + 100 + n))
             for n, checker in enumerate(checkers)
@@ -263,10 +281,57 @@ class HistoryRun:
             Write(allowed=allowed, sent=sent, returned=time.perf_counter(), ok=ok)
         )
 
+    async def _stalled_deletes(
+        self, server: ServerProcess, metadata: tuple[tuple[str, str], ...], stop: float
+    ) -> None:
+        """One after another: a key created through ``server``, asked about
+        by the checkers, then deleted in a transaction that holds its
+        change's seq for ``stall`` seconds before committing."""
+        connection = await asyncpg.connect(
+            make_url(self.database_url).set(drivername="postgresql").render_as_string(False)
+        )
+        try:
+            while time.perf_counter() + self.stall + 1 < stop:
+                key = await self._create(server, metadata)
+                await asyncio.sleep(0.5)
+                sent = time.perf_counter()
+                async with connection.transaction():
+                    deleted = await connection.fetchrow(
+                        "DELETE FROM api_keys WHERE id = $1"
+                        " RETURNING lookup_hash, contact_center_id",
+                        key.id,
+                    )
+                    await connection.execute(
+                        "INSERT INTO key_changes (lookup_hash, kind, time)"
+                        " VALUES ($1, 'deleted', (extract(epoch from now()) * 1000000)::bigint)",
+                        deleted["lookup_hash"],
+                    )
+                    await asyncio.sleep(self.stall)
+                key.history.writes.append(
+                    Write(allowed=False, sent=sent, returned=time.perf_counter())
+                )
+                self._live.remove(key)
+                self._stalled.append(key)
+                # Outside the stalled transaction, which must not hold up
+                # every create on this row meanwhile.
+                await connection.execute(
+                    "UPDATE contact_centers SET key_count = key_count - 1"
+                    " WHERE contact_center_id = $1",
+                    deleted["contact_center_id"],
+                )
+        finally:
+            await connection.close()
+
     async def _check(self, server: ServerProcess, stop: float, seed: int) -> None:
         rng = random.Random(seed)
         while time.perf_counter() < stop:
-            key = rng.choice(self._deleted if self._deleted and rng.random() < 0.3 else self._live)
+            pick = rng.random()
+            if self._stalled and pick < 0.1:
+                key = rng.choice(self._stalled)
+            elif self._deleted and pick < 0.4:
+                key = rng.choice(self._deleted)
+            else:
+                key = rng.choice(self._live)
             sent = time.perf_counter()
             try:
                 response = await server.check(key.secret)
@@ -277,21 +342,30 @@ class HistoryRun:
             )
 
 
-async def _main(seconds: float, replicas: int) -> Verdict:
+async def _main(seconds: float, replicas: int, stall: float) -> Verdict:
     from tests.conftest import fresh_postgres_database
 
     with tempfile.TemporaryDirectory(prefix="apikeys-history-") as tmp:
         root = Path(tmp)
         admin_keys = AdminKeys.make(root / "identity")
         async with fresh_postgres_database() as url:
-            return await run_replicas(root, url, admin_keys, replicas=replicas, seconds=seconds)
+            return await run_replicas(
+                root, url, admin_keys, replicas=replicas, seconds=seconds, stall=stall
+            )
 
 
 async def run_replicas(
-    root: Path, database_url: str, admin_keys: AdminKeys, *, replicas: int, seconds: float
+    root: Path,
+    database_url: str,
+    admin_keys: AdminKeys,
+    *,
+    replicas: int,
+    seconds: float,
+    stall: float = 0.0,
 ) -> Verdict:
     """Starts ``replicas`` servers on ``database_url`` (long cache TTL,
-    1 s poll), writes through two, checks through the rest, and judges."""
+    1 s poll), writes through two, checks through the rest, and judges;
+    with ``stall``, stalled deletes run alongside."""
     async with contextlib.AsyncExitStack() as stack:
         started = [
             await stack.enter_async_context(
@@ -304,7 +378,7 @@ async def run_replicas(
             )
             for n in range(replicas)
         ]
-        run = HistoryRun(admin_keys=admin_keys)
+        run = HistoryRun(admin_keys=admin_keys, stall=stall, database_url=database_url)
         return await run.run(started[:2], started[2:], seconds=seconds)
 
 
@@ -312,8 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=180.0)
     parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="also run deletes that hold their change's seq this many seconds before committing",
+    )
     args = parser.parse_args(argv)
-    verdict = asyncio.run(_main(args.seconds, args.replicas))
+    verdict = asyncio.run(_main(args.seconds, args.replicas, args.stall))
     print(verdict.summary())
     print(f"stale beyond the bound ({BOUND_S:g} s): {verdict.beyond(BOUND_S)}")
     return 1 if verdict.beyond(BOUND_S) else 0
