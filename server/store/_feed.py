@@ -119,8 +119,15 @@ async def sqlite_changes(
     conn: AsyncConnection, position: FeedPosition | None, limit: int
 ) -> ChangePage:
     """One page of the feed on SQLite, read on ``conn`` in one transaction."""
-    latest = int(await conn.scalar(select(func.max(key_changes.c.seq))) or 0)
-    pruned = int(await conn.scalar(select(key_changes_pruned.c.pruned_through)) or 0)
+    ends = (
+        await conn.execute(
+            select(
+                select(func.max(key_changes.c.seq)).scalar_subquery(),
+                select(key_changes_pruned.c.pruned_through).scalar_subquery(),
+            )
+        )
+    ).one()
+    latest, pruned = int(ends[0] or 0), int(ends[1] or 0)
     # A seq is never handed out twice in one file (AUTOINCREMENT).
     end = max(latest, pruned)
     if position is None:

@@ -114,9 +114,11 @@ async def test_replicas_sharing_one_sqlite_file_revoke_within_a_tenth_of_a_secon
 ) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     async for pair in _pair(tmp_path, database_url, "--cache-ttl", "300", "--change-poll", "1"):
-        latencies = await revocation_latencies(pair.a, pair.b, pair.admin_keys, 100)
+        latencies = await revocation_latencies(
+            pair.a, pair.b, pair.admin_keys, 100, from_return=True
+        )
 
-    print(f"\nSQLite, commit counter watched: {summary(latencies)}")
+    print(f"\nSQLite, commit counter watched, from the delete's return: {summary(latencies)}")
     # The commit counter, not the 1 s poll, is what delivers it.
     assert percentile(latencies, 0.99) < 0.1, summary(latencies)
     assert max(latencies) < 1.0 + 0.5, summary(latencies)
