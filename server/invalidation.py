@@ -74,8 +74,11 @@ class PollWait(Protocol):
 
 async def wait_for_wake(wake: asyncio.Event, poll: float) -> None:
     """The production ``PollWait``."""
+    # Not asyncio.wait_for: on Python 3.11 a cancellation that arrives as
+    # the event is set can be lost, and stopping the follower then hangs.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), timeout=poll)
+        async with asyncio.timeout(poll):
+            await wake.wait()
 
 
 class ChangeFollower:
