@@ -10,7 +10,7 @@ TS := clients/typescript
 TS_DEPS := $(TS)/node_modules/.package-lock.json
 GENERATED := generated $(TS)/src/gen
 
-.PHONY: install serve console test fuzz lint settings-table generate check-generated postgres \
+.PHONY: install serve console test fuzz history lint settings-table generate check-generated postgres \
   bench h2load chromium screenshots image image-tools clean
 
 $(STAMP): pyproject.toml
@@ -45,6 +45,13 @@ test: $(STAMP) $(TS_DEPS) postgres chromium h2load
 ## about ten minutes), with the examples each RPC got. `make test` runs it briefly.
 fuzz: $(STAMP) postgres
 	APIKEYS_HYPOTHESIS_PROFILE=long $(PY) -m pytest -q tests/property --hypothesis-show-statistics
+
+## A longer run of the revocation history checker (about 4 minutes) on the
+## local PostgreSQL; HISTORY_ARGS="--stall 16" adds stalled deletes. See
+## docs/REVOCATION.md.
+HISTORY_ARGS ?=
+history: $(STAMP) postgres
+	$(PY) -m tests.replicas.history --seconds 180 $(HISTORY_ARGS)
 
 postgres:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

@@ -55,6 +55,9 @@ class CachedKeyStore:
         # Bumped on every invalidation so that a lookup which started before
         # it cannot put the stale answer back into the cache.
         self._generation = 0
+        # Bumped when created keys' hashes stop being unknown: a lookup that
+        # started before must not store "unknown", but what it found stands.
+        self._unknown_generation = 0
 
     @property
     def store(self) -> KeyStore:
@@ -86,22 +89,26 @@ class CachedKeyStore:
             # The query runs in a task of the cache's own, not in the first
             # caller's: a caller that gives up (deadline, disconnect) cancels
             # only its own wait, never the lookup the others are sharing.
-            lookup = asyncio.create_task(self._load(lookup_hash, self._generation))
+            lookup = asyncio.create_task(
+                self._load(lookup_hash, self._generation, self._unknown_generation)
+            )
             lookup.add_done_callback(_retrieve_outcome)
             self._inflight[lookup_hash] = lookup
         return await asyncio.shield(lookup)
 
-    async def _load(self, lookup_hash: bytes, generation: int) -> KeyRecord | None:
+    async def _load(
+        self, lookup_hash: bytes, generation: int, unknown_generation: int
+    ) -> KeyRecord | None:
         try:
             record = await self._store.find_by_lookup_hash(lookup_hash)
         finally:
             if self._inflight.get(lookup_hash) is asyncio.current_task():
                 del self._inflight[lookup_hash]
         if generation == self._generation:
-            if record is None:
-                self._unknown[lookup_hash] = True
-            else:
+            if record is not None:
                 self._found[lookup_hash] = record
+            elif unknown_generation == self._unknown_generation:
+                self._unknown[lookup_hash] = True
         return record
 
     def invalidate(self, lookup_hashes: frozenset[bytes] | set[bytes] | list[bytes]) -> None:
@@ -112,6 +119,16 @@ class CachedKeyStore:
             self._unknown.pop(lookup_hash, None)
             # A lookup already under way may have read the old row: later
             # callers must not join it.
+            self._inflight.pop(lookup_hash, None)
+
+    def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
+        """Forgets that these hashes were unknown (their keys were just
+        created), keeping any entry already found for them: a key can only
+        be found once its creation has committed, so that entry is current."""
+        self._unknown_generation += 1
+        for lookup_hash in lookup_hashes:
+            self._unknown.pop(lookup_hash, None)
+            # A lookup already under way may have found nothing yet.
             self._inflight.pop(lookup_hash, None)
 
     def clear(self) -> None:

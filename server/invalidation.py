@@ -2,22 +2,22 @@
 
 A key created, updated or deleted through any replica (or any worker of
 one) appends an entry to the store's change feed in the same transaction.
-``ChangeFollower`` reads the entries it has not seen and drops the affected
-lookup hashes from the cache, so a deleted key is refused everywhere:
+``ChangeFollower`` reads the entries committed since its last read and drops
+the affected lookup hashes from the cache, so a deleted key is refused
+everywhere:
 
-- within milliseconds on PostgreSQL, where the mutating transaction NOTIFYs
-  and a listener wakes the follower;
+- within milliseconds, where the store can wake the follower (PostgreSQL
+  notifications, SQLite's commit counter);
 - within ``poll`` seconds (plus one query) otherwise: the follower reads the
-  feed on that interval whatever happens, so a lost notification, a dropped
-  listener connection or SQLite (which has no notifications) cost at most that.
+  feed on that interval whatever happens, so a lost notification or a
+  dropped listener connection costs at most that.
 
-Entries may become visible out of ``seq`` order (a transaction can commit
-after one that took a later ``seq``), so the follower does not simply read
-"after the highest seen". It keeps a low-water mark below which every
-``seq`` has been seen, re-reads from it, skips entries already applied, and
-gives up waiting on a missing ``seq`` (a rolled-back transaction) only after
-``gap_window`` seconds. A follower that fell so far behind that entries it
-needed were pruned clears the whole cache instead.
+The feed, not the follower, decides which entries are due: it hands out a
+position with each page and returns, from that position, every entry
+committed since, however late its transaction commits (see
+``docs/REVOCATION.md``). The follower clears the whole cache when the feed
+says entries it had not read were pruned, or that the database is not the
+one it was reading (a failover or a replacement).
 
 The follower never stops the process: a failed read is logged and retried at
 the next poll, while the cache goes on answering as before (cached keys until
@@ -31,27 +31,20 @@ import contextlib
 import logging
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 
 from server.domain.errors import StoreUnavailable
-from server.domain.records import KeyChange
+from server.domain.records import ChangeKind, FeedPosition, KeyChange
 from server.domain.store import ChangeFeed
 
 log = logging.getLogger(__name__)
 
-# How long a missing seq may still turn up. Each mutation takes its seq as
-# the last statement before its commit, so this only has to outlast a slow
-# commit; waiting longer costs a few re-read rows, never a missed change.
-DEFAULT_GAP_WINDOW_S = 15.0
 # How long change entries are kept; a process that could not read the feed
 # for longer clears its cache rather than trust it.
 DEFAULT_RETENTION = timedelta(hours=1)
 DEFAULT_PRUNE_INTERVAL_S = 300.0
 PAGE_SIZE = 500
-# On start the follower re-reads this many seqs below the latest, in case
-# transactions that took them commit after it looked.
-START_WINDOW = 1000
 # Between retries of a follower that failed for a reason other than the store.
 UNEXPECTED_ERROR_DELAY_S = 5.0
 
@@ -63,9 +56,29 @@ class KeyCache(Protocol):
         """Forget what is known about these lookup hashes."""
         ...
 
+    def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
+        """Forget that these hashes were unknown (their keys were created)."""
+        ...
+
     def clear(self) -> None:
         """Forget everything."""
         ...
+
+
+class PollWait(Protocol):
+    """How the follower waits between reads: until ``wake`` is set or
+    ``poll`` seconds have passed."""
+
+    async def __call__(self, wake: asyncio.Event, poll: float) -> None: ...
+
+
+async def wait_for_wake(wake: asyncio.Event, poll: float) -> None:
+    """The production ``PollWait``."""
+    # Not asyncio.wait_for: on Python 3.11 a cancellation that arrives as
+    # the event is set can be lost, and stopping the follower then hangs.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(poll):
+            await wake.wait()
 
 
 class ChangeFollower:
@@ -77,26 +90,20 @@ class ChangeFollower:
         cache: KeyCache,
         *,
         poll: float,
-        gap_window: float = DEFAULT_GAP_WINDOW_S,
         retention: timedelta = DEFAULT_RETENTION,
         prune_interval: float = DEFAULT_PRUNE_INTERVAL_S,
+        wait: PollWait = wait_for_wake,
     ) -> None:
         self._feed = feed
         self._cache = cache
         self._poll = poll
-        self._gap_window = gap_window
         self._retention = retention
         self._prune_interval = prune_interval
+        self._wait = wait
         self._wake = asyncio.Event()
         self._syncing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        # Every seq up to _low has been applied or given up on; above it,
-        # each seq up to _high is either in _seen or in _missing (with the
-        # loop time it was first found missing).
-        self._low: int | None = None
-        self._high = 0
-        self._seen: set[int] = set()
-        self._missing: dict[int, float] = {}
+        self._position: FeedPosition | None = None
 
     async def start(self) -> None:
         """Finds the feed's position, then follows it in the background.
@@ -120,7 +127,7 @@ class ChangeFollower:
         self._tasks = []
 
     async def sync(self) -> None:
-        """Applies every change entry not yet applied.
+        """Applies every change entry committed since the last read.
 
         Raises ``StoreUnavailable`` when the feed cannot be read.
         """
@@ -128,66 +135,36 @@ class ChangeFollower:
             await self._sync()
 
     async def _sync(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._low is None:
-            latest = await self._feed.latest_change()
-            self._low = self._high = max(0, latest - START_WINDOW)
-            positioning = True
-        else:
-            positioning = False
-        cursor = self._low
+        if self._position is None:
+            page = await self._feed.changes_since(None, limit=PAGE_SIZE)
+            # Anything cached before the feed had a position (a start with
+            # the database down) may predate changes before that position.
+            self._cache.clear()
+            self._position = page.position
+            return
         while True:
-            page = await self._feed.changes_after(cursor, limit=PAGE_SIZE)
-            if page.pruned_through > self._low:
-                self._skip_pruned(page.pruned_through, quietly=positioning)
-            self._apply(page.changes, now)
-            if len(page.changes) < PAGE_SIZE:
-                break
-            cursor = page.changes[-1].seq
-        self._advance(now)
+            page = await self._feed.changes_since(self._position, limit=PAGE_SIZE)
+            if page.reset:
+                self._cache.clear()
+                log.warning("the database failed over or was replaced; cleared the key cache")
+            elif page.missed:
+                self._cache.clear()
+                log.warning("change feed fell behind pruning; cleared the key cache")
+            self._apply(page.changes)
+            self._position = page.position
+            if not page.more:
+                return
 
-    def _apply(self, changes: Sequence[KeyChange], now: float) -> None:
-        assert self._low is not None
-        stale: list[bytes] = []
-        for change in changes:
-            seq = change.seq
-            if seq <= self._low or seq in self._seen:
-                continue
-            self._seen.add(seq)
-            self._missing.pop(seq, None)
-            if seq > self._high:
-                for skipped in range(self._high + 1, seq):
-                    self._missing[skipped] = now
-                self._high = seq
-            stale.append(change.lookup_hash)
-        if stale:
-            self._cache.invalidate(stale)
-
-    def _advance(self, now: float) -> None:
-        assert self._low is not None
-        while self._low < self._high:
-            following = self._low + 1
-            if following in self._seen:
-                self._seen.remove(following)
-            elif now - self._missing[following] >= self._gap_window:
-                del self._missing[following]
-            else:
-                break
-            self._low = following
-
-    def _skip_pruned(self, pruned_through: int, *, quietly: bool) -> None:
-        """Entries up to ``pruned_through`` are gone, some perhaps unseen:
-        nothing cached can be trusted."""
-        self._cache.clear()
-        if not quietly:
-            log.warning(
-                "change feed fell behind pruning; cleared the key cache",
-                extra={"position": self._low, "pruned_through": pruned_through},
-            )
-        self._low = pruned_through
-        self._high = max(self._high, pruned_through)
-        self._seen = {seq for seq in self._seen if seq > pruned_through}
-        self._missing = {seq: at for seq, at in self._missing.items() if seq > pruned_through}
+    def _apply(self, changes: Sequence[KeyChange]) -> None:
+        # A creation only makes a hash that was unknown known: whatever was
+        # found for it since is current (later changes have entries of their
+        # own), so only updates and deletes drop found keys.
+        created = [c.lookup_hash for c in changes if c.kind is ChangeKind.CREATED]
+        changed = [c.lookup_hash for c in changes if c.kind is not ChangeKind.CREATED]
+        if created:
+            self._cache.forget_unknown(created)
+        if changed:
+            self._cache.invalidate(changed)
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,14 +172,13 @@ class ChangeFollower:
         next_prune = loop.time() + random.uniform(0, self._prune_interval)  # noqa: S311
         failing = False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            await self._wait(self._wake, self._poll)
             self._wake.clear()
             try:
                 await self.sync()
                 if loop.time() >= next_prune:
                     next_prune = loop.time() + self._prune_interval
-                    await self._feed.prune_changes(datetime.now(UTC) - self._retention)
+                    await self._feed.prune_changes(self._retention)
             except StoreUnavailable:
                 if not failing:
                     log.warning("change feed unavailable; cached keys answer until their TTL")

@@ -33,18 +33,30 @@ def _free_port() -> int:
 
 
 class ThrowawayCluster:
-    """A private cluster in a temporary folder on a port of its own."""
+    """A private cluster in a temporary folder on a port of its own.
 
-    def __init__(self) -> None:
+    ``standby_of`` makes it a streaming-replication standby instead of a new
+    cluster: a base backup of the primary reached at ``standby_of``, which
+    keeps streaming from that port once started.
+    """
+
+    def __init__(self, *, standby_of: int | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="apikeys-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run(
-            _bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
-        )
+        if standby_of is None:
+            self._run(
+                _bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
+            )
+        else:
+            self._run(
+                _bin("pg_basebackup"),
+                *("-h", "127.0.0.1", "-p", str(standby_of), "-U", "postgres"),
+                *("-D", str(self.data), "-R", "-X", "stream", "--no-sync"),
+            )
 
     @property
     def url(self) -> str:
@@ -66,6 +78,11 @@ class ThrowawayCluster:
             str(self.root / "log"),
             "start",
         )
+
+    def promote(self) -> None:
+        """Ends a standby's recovery: it becomes a primary on a new timeline
+        with whatever it had received."""
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-w", "promote")
 
     def stop(self, mode: str = "fast") -> None:
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")

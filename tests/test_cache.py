@@ -166,3 +166,31 @@ async def test_an_unknown_key_is_never_cached_as_found() -> None:
     assert cache.cached(b"h") is None
     assert await cache.find_by_lookup_hash(b"h") is None
     assert store.lookups == 1
+
+
+async def test_a_creation_elsewhere_keeps_what_a_lookup_under_way_found(
+    make_key: KeyFactory,
+) -> None:
+    record = make_key()
+    store = HeldStore(record)
+    cache = cache_over(store)
+    lookup = asyncio.create_task(cache.find_by_lookup_hash(b"h"))
+    await asyncio.sleep(0)
+    cache.forget_unknown([b"h"])
+    store.release.set()
+
+    assert await lookup is record
+    assert cache.cached(b"h") is record
+
+
+async def test_a_creation_elsewhere_stops_an_unknown_found_before_it_from_being_kept() -> None:
+    store = HeldStore(None)
+    cache = cache_over(store)
+    lookup = asyncio.create_task(cache.find_by_lookup_hash(b"h"))
+    await asyncio.sleep(0)
+    cache.forget_unknown([b"h"])
+    store.release.set()
+    assert await lookup is None
+
+    assert await cache.find_by_lookup_hash(b"h") is None
+    assert store.lookups == 2

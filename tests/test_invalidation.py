@@ -1,64 +1,112 @@
-"""``ChangeFollower`` against a fake change feed (the storage Protocol)."""
+"""``ChangeFollower`` against a fake change feed (the storage Protocol),
+driven step by step: the follower's waits between reads are the test's."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from server.domain.errors import StoreUnavailable
-from server.domain.records import ChangeKind, ChangePage, KeyChange
-from server.invalidation import ChangeFollower
+from server.domain.records import ChangeKind, ChangePage, FeedPosition, KeyChange
+from server.invalidation import PAGE_SIZE, ChangeFollower
 
 
 class FakeFeed:
+    """Entries in commit order; a position is how many of them a reader has
+    read, and the database it read them from."""
+
     def __init__(self) -> None:
-        self.rows: dict[int, bytes] = {}
-        self.pruned_through = 0
+        self.committed: list[KeyChange] = []
+        self.pruned = 0
+        self.database = "first"
         self.down = False
         self.reads = 0
+        self.pruned_with: list[timedelta] = []
 
-    def commit(self, seq: int) -> bytes:
-        self.rows[seq] = f"hash-{seq}".encode()
-        return self.rows[seq]
+    def commit(self, seq: int, kind: ChangeKind = ChangeKind.DELETED) -> bytes:
+        lookup_hash = f"hash-{seq}".encode()
+        self.committed.append(KeyChange(seq=seq, lookup_hash=lookup_hash, kind=kind, time=_NOW))
+        return lookup_hash
 
-    async def latest_change(self) -> int:
-        return max([self.pruned_through, *self.rows])
+    def replace_database(self) -> None:
+        self.committed, self.pruned, self.database = [], 0, "second"
 
-    async def changes_after(self, seq: int, *, limit: int) -> ChangePage:
+    async def changes_since(self, position: FeedPosition | None, *, limit: int) -> ChangePage:
         self.reads += 1
         if self.down:
             raise StoreUnavailable("down")
-        changes = tuple(
-            KeyChange(seq=s, lookup_hash=h, kind=ChangeKind.DELETED, time=datetime.now(UTC))
-            for s, h in sorted(self.rows.items())
-            if s > seq
+        end = FeedPosition(f"{self.database}:{len(self.committed)}")
+        if position is None:
+            return ChangePage(changes=(), position=end)
+        database, read = position.split(":")
+        if database != self.database:
+            return ChangePage(changes=(), position=end, reset=True)
+        start = max(int(read), self.pruned)
+        changes = tuple(self.committed[start : start + limit])
+        return ChangePage(
+            changes=changes,
+            position=FeedPosition(f"{self.database}:{start + len(changes)}"),
+            more=start + len(changes) < len(self.committed),
+            missed=int(read) < self.pruned,
         )
-        return ChangePage(changes=changes[:limit], pruned_through=self.pruned_through)
 
-    async def prune_changes(self, before: datetime) -> int:
+    async def prune_changes(self, older_than: timedelta) -> int:
+        self.pruned_with.append(older_than)
         return 0
 
     async def follow_notifications(self, wake: Callable[[], None]) -> None:
         return
 
 
+_NOW = datetime(2025, 3, 1, tzinfo=UTC)
+
+
 class RecordingCache:
     def __init__(self) -> None:
         self.invalidated: list[bytes] = []
+        self.known_now: list[bytes] = []
         self.clears = 0
 
     def invalidate(self, lookup_hashes: list[bytes]) -> None:
         self.invalidated.extend(lookup_hashes)
 
+    def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
+        self.known_now.extend(lookup_hashes)
+
     def clear(self) -> None:
         self.clears += 1
 
 
-async def test_each_change_is_applied_once_even_when_committed_out_of_order() -> None:
-    feed, cache = FakeFeed(), RecordingCache()
-    follower = ChangeFollower(feed, cache, poll=1, gap_window=60)
+class SteppedPolls:
+    """A ``PollWait`` that returns only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self._steps: asyncio.Queue[None] = asyncio.Queue()
+        self._waiting = asyncio.Event()
+
+    async def __call__(self, wake: asyncio.Event, poll: float) -> None:
+        self.waits.append(poll)
+        self._waiting.set()
+        await self._steps.get()
+
+    async def step(self) -> None:
+        """Lets the follower read once, and returns when it waits again."""
+        await self._waiting.wait()
+        self._waiting.clear()
+        self._steps.put_nowait(None)
+        await self._waiting.wait()
+
+
+async def _started(follower: ChangeFollower) -> ChangeFollower:
     await follower.sync()
+    return follower
+
+
+async def test_each_change_is_applied_once_in_the_order_it_committed() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    follower = await _started(ChangeFollower(feed, cache, poll=1))
     first, third = feed.commit(1), feed.commit(3)
     await follower.sync()
     late = feed.commit(2)  # took its seq before 3 but committed after it
@@ -68,50 +116,90 @@ async def test_each_change_is_applied_once_even_when_committed_out_of_order() ->
     assert cache.invalidated == [first, third, late]
 
 
-async def test_a_gap_that_never_fills_is_given_up_after_the_window() -> None:
+async def test_a_creation_only_forgets_that_its_hash_was_unknown() -> None:
     feed, cache = FakeFeed(), RecordingCache()
-    follower = ChangeFollower(feed, cache, poll=1, gap_window=0.05)
-    await follower.sync()
-    feed.commit(1)
-    feed.commit(3)
-    await follower.sync()
-    await asyncio.sleep(0.06)
-    await follower.sync()
-    feed.rows.clear()  # a reader still waiting on seq 2 would re-read from 1
-    newest = feed.commit(4)
+    follower = await _started(ChangeFollower(feed, cache, poll=1))
+    created = feed.commit(1, ChangeKind.CREATED)
+    updated = feed.commit(2, ChangeKind.UPDATED)
+
     await follower.sync()
 
-    assert cache.invalidated[-1] == newest and cache.invalidated.count(newest) == 1
+    assert cache.known_now == [created]
+    assert cache.invalidated == [updated]
+
+
+async def test_a_backlog_longer_than_a_page_is_read_in_one_sync() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    follower = await _started(ChangeFollower(feed, cache, poll=1))
+    hashes = [feed.commit(seq) for seq in range(1, PAGE_SIZE * 2 + 2)]
+
+    await follower.sync()
+
+    assert cache.invalidated == hashes
 
 
 async def test_falling_behind_pruning_clears_the_cache() -> None:
     feed, cache = FakeFeed(), RecordingCache()
-    follower = ChangeFollower(feed, cache, poll=1)
-    await follower.sync()
+    follower = await _started(ChangeFollower(feed, cache, poll=1))
+    clears_at_start = cache.clears
     feed.commit(1)
     feed.commit(2)
-    feed.rows.clear()
-    feed.pruned_through = 2
+    feed.pruned = 2
     after = feed.commit(3)
     await follower.sync()
 
-    assert cache.clears == 1
+    assert cache.clears == clears_at_start + 1
     assert cache.invalidated == [after]
 
 
-async def test_an_unreadable_feed_is_retried_at_the_next_poll() -> None:
+async def test_a_replaced_database_clears_the_cache_and_is_followed_from_its_end() -> None:
     feed, cache = FakeFeed(), RecordingCache()
-    follower = ChangeFollower(feed, cache, poll=0.02)
+    follower = await _started(ChangeFollower(feed, cache, poll=1))
+    clears_at_start = cache.clears
+    feed.commit(1)
+    await follower.sync()
+    feed.replace_database()
+    feed.commit(1)  # a seq the follower has seen, from another history
+    await follower.sync()
+    newest = feed.commit(2)
+    await follower.sync()
+
+    assert cache.clears == clears_at_start + 1
+    assert cache.invalidated == [b"hash-1", newest]
+
+
+async def test_a_start_without_the_feed_clears_what_was_cached_meanwhile() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    feed.down = True
+    polls = SteppedPolls()
+    follower = ChangeFollower(feed, cache, poll=1, wait=polls)
+    await follower.start()
+    try:
+        assert cache.clears == 0
+        feed.down = False
+        await polls.step()
+    finally:
+        await follower.stop()
+
+    assert cache.clears == 1
+
+
+async def test_an_unreadable_feed_is_retried_once_per_poll_interval() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    polls = SteppedPolls()
+    follower = ChangeFollower(feed, cache, poll=0.5, prune_interval=3600, wait=polls)
     await follower.start()
     try:
         feed.down = True
         reads = feed.reads
-        await asyncio.sleep(0.2)
-        # Retried on the poll interval, not in a hot loop.
-        assert 3 <= feed.reads - reads <= 15
+        for _ in range(3):
+            await polls.step()
+        # One read per poll, never a retry loop in between.
+        assert feed.reads - reads == 3
+        assert polls.waits == [0.5] * 4
         feed.down = False
         deleted = feed.commit(1)
-        await asyncio.sleep(0.1)
+        await polls.step()
     finally:
         await follower.stop()
 

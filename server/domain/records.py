@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NewType
 
 DEFAULT_MAX_KEYS_PER_CONTACT_CENTER = 50
 
@@ -104,8 +105,9 @@ class AuditPage:
 class KeyChange:
     """One entry of the change feed: a key was created, updated or deleted.
 
-    ``seq`` grows with every entry, but entries may become visible out of
-    order (a transaction can commit after one that took a later ``seq``).
+    ``seq`` grows with every entry taken, but entries may become visible out
+    of order (a transaction can commit after one that took a later ``seq``),
+    which is why readers follow the feed by ``FeedPosition``, not by ``seq``.
     Carries the lookup hash only, which is what caches are keyed by.
     """
 
@@ -115,11 +117,27 @@ class KeyChange:
     time: datetime
 
 
+# Where a reader of the change feed stands: opaque to the reader, which only
+# hands it back to the feed to read on from there.
+FeedPosition = NewType("FeedPosition", str)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChangePage:
-    """Change-feed entries after some ``seq``, oldest first, and the highest
-    ``seq`` already pruned from the feed: a reader whose position is below
-    it may have missed entries."""
+    """Change-feed entries committed after a reader's position, oldest
+    ``seq`` first, and the position to read on from.
+
+    ``more`` says further entries are ready at ``position`` now. ``missed``
+    says entries committed after the old position were pruned before this
+    read: the reader may have lost some. ``reset`` says the database is not
+    the one the old position came from (a failover to a standby that had not
+    received every commit, or a replaced database): whatever the reader
+    derived from the database may be wrong, and ``position`` starts afresh at
+    the feed's current end.
+    """
 
     changes: tuple[KeyChange, ...]
-    pruned_through: int
+    position: FeedPosition
+    more: bool = False
+    missed: bool = False
+    reset: bool = False

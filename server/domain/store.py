@@ -11,12 +11,13 @@ never let driver errors escape.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from server.domain.records import (
     AuditPage,
     ChangePage,
+    FeedPosition,
     KeyChanges,
     KeyCursor,
     KeyPage,
@@ -126,24 +127,28 @@ class ChangeFeed(Protocol):
 
     Each ``create_key``, ``update_key`` and ``delete_key`` appends an entry in
     its own transaction, so an entry is visible exactly when its mutation is.
+    A reader that passes back the position of each page it read gets every
+    committed entry exactly once, whatever order transactions commit in and
+    however long one stays open.
     """
 
-    async def latest_change(self) -> int:
-        """The highest ``seq`` committed so far (pruned ones included), or 0."""
+    async def changes_since(self, position: FeedPosition | None, *, limit: int) -> ChangePage:
+        """Entries committed after ``position`` was taken, at most ``limit``.
+
+        With ``None`` the page holds no entries and its position is the
+        feed's current end: a reader starting with nothing derived from the
+        database yet needs nothing before it.
+        """
         ...
 
-    async def changes_after(self, seq: int, *, limit: int) -> ChangePage:
-        """Entries with ``seq`` greater than ``seq``, oldest first; at most
-        ``limit``."""
-        ...
-
-    async def prune_changes(self, before: datetime) -> int:
-        """Delete entries older than ``before``; returns how many went."""
+    async def prune_changes(self, older_than: timedelta) -> int:
+        """Delete entries committed more than ``older_than`` ago by the
+        database's clock; returns how many went. Never deletes past an entry
+        that a transaction still running could commit before."""
         ...
 
     async def follow_notifications(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever another process may have committed a change
         and after every (re)connect of the notification channel, until
-        cancelled. Retries a lost channel by itself. A backend without
-        notifications returns at once: its readers rely on polling."""
+        cancelled. Retries a lost channel by itself."""
         ...

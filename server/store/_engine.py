@@ -13,7 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
@@ -37,6 +37,18 @@ POSTGRES_COMMAND_TIMEOUT_S = 10
 POSTGRES_POOL_SIZE = 10
 POSTGRES_MAX_OVERFLOW = 10
 POOL_TIMEOUT_S = 10
+# The change feed's engine: one reader (the follower reads, and prunes, one
+# thing at a time) and a spare, kept apart from the pool that Check lookups
+# can drain.
+FEED_POOL_SIZE = 2
+# Defence in depth for every session (the feed's correctness does not depend
+# on them): no statement runs, and no transaction sits idle holding its locks
+# and its place in every snapshot, longer than this. PostgreSQL 17 and later
+# also cap a whole transaction.
+POSTGRES_STATEMENT_TIMEOUT_MS = 10_000
+POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
+POSTGRES_TRANSACTION_TIMEOUT_MS = 30_000
+_TRANSACTION_TIMEOUT_SINCE = 17
 
 _WAL_SWITCH_ATTEMPTS = 20
 _WAL_SWITCH_RETRY_S = 0.05
@@ -99,8 +111,11 @@ def _parse(url: str) -> URL:
     return parsed
 
 
-async def create_engine(url: str) -> AsyncEngine:
+async def create_engine(url: str, *, pool_size: int | None = None) -> AsyncEngine:
     """A configured engine for ``url``; raises ``ValueError`` for a bad URL.
+
+    ``pool_size`` fixes the number of pooled connections (no overflow)
+    instead of the defaults.
 
     For SQLite the database file (and its directory) is created if missing
     and put in WAL mode, and transactions begin with a plain (deferred)
@@ -111,8 +126,8 @@ async def create_engine(url: str) -> AsyncEngine:
     if parsed.drivername == SQLITE_DRIVER:
         assert parsed.database is not None
         path = await asyncio.to_thread(_prepare_sqlite_file, Path(parsed.database))
-        return _sqlite_engine(parsed, path)
-    return _postgres_engine(parsed)
+        return _sqlite_engine(parsed, path, pool_size)
+    return _postgres_engine(parsed, pool_size)
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:
@@ -157,12 +172,22 @@ def _prepare_sqlite_file(path: Path) -> Path:
     raise AssertionError("the last attempt returns or raises")  # pragma: no cover
 
 
-def _sqlite_engine(url: URL, path: Path) -> AsyncEngine:
+def opened_sqlite_file(url: URL) -> Path:
+    """The database file of an engine that ``create_engine`` made for SQLite
+    (its URL names the file as a ``file:`` URI)."""
+    assert url.database is not None
+    location = url.database.removeprefix("file:").split("?", 1)[0]
+    return Path(unquote(location))
+
+
+def _sqlite_engine(url: URL, path: Path, pool_size: int | None) -> AsyncEngine:
     # mode=rw: a connection opened after the file was removed fails instead
     # of creating an empty database in its place, which a restart would then
     # take for the real one.
     opened = url.set(database=f"file:{quote(str(path))}?mode=rw", query={"uri": "true"})
-    engine = create_async_engine(opened, hide_parameters=True, pool_timeout=POOL_TIMEOUT_S)
+    engine = create_async_engine(
+        opened, hide_parameters=True, pool_timeout=POOL_TIMEOUT_S, **_pool_options(pool_size)
+    )
 
     # The recipe from SQLAlchemy's SQLite dialect documentation: the sqlite3
     # module's own transaction handling does not BEGIN before a SELECT, so
@@ -220,17 +245,44 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return (stat.st_dev, stat.st_ino)
 
 
-def _postgres_engine(url: URL) -> AsyncEngine:
-    return create_async_engine(
+def _postgres_engine(url: URL, pool_size: int | None) -> AsyncEngine:
+    pool = _pool_options(pool_size) or {
+        "pool_size": POSTGRES_POOL_SIZE,
+        "max_overflow": POSTGRES_MAX_OVERFLOW,
+    }
+    engine = create_async_engine(
         url,
         hide_parameters=True,
         pool_pre_ping=True,
-        pool_size=POSTGRES_POOL_SIZE,
-        max_overflow=POSTGRES_MAX_OVERFLOW,
         pool_timeout=POOL_TIMEOUT_S,
         connect_args={
             "timeout": POSTGRES_CONNECT_TIMEOUT_S,
             "command_timeout": POSTGRES_COMMAND_TIMEOUT_S,
-            "server_settings": {"application_name": "apikeys"},
+            "server_settings": {
+                "application_name": "apikeys",
+                "statement_timeout": str(POSTGRES_STATEMENT_TIMEOUT_MS),
+                "idle_in_transaction_session_timeout": str(POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS),
+            },
         },
+        **pool,
     )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Older servers refuse the unknown setting at connect, so it is set
+        # only where the server has it.
+        if dbapi_connection.driver_connection.get_server_version().major < (
+            _TRANSACTION_TIMEOUT_SINCE
+        ):
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET transaction_timeout = {POSTGRES_TRANSACTION_TIMEOUT_MS:d}")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _pool_options(pool_size: int | None) -> dict[str, int]:
+    return {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}

@@ -1,4 +1,5 @@
-"""PostgreSQL LISTEN for the change feed, on a connection of its own.
+"""Wake-ups for the change feed: PostgreSQL LISTEN on a connection of its
+own, and on SQLite a watch on the file's commit counter.
 
 A mutating transaction runs ``pg_notify(CHANGE_CHANNEL, seq)``; PostgreSQL
 delivers it to every listener when (and only if) the transaction commits, so
@@ -10,14 +11,22 @@ the reader polls that table anyway.
 The connection is outside the engine's pool (a pooled connection is handed to
 other work and reset between uses, which would drop the LISTEN) and is named
 ``apikeys-listener`` in ``pg_stat_activity``.
+
+SQLite has no notifications, but ``PRAGMA data_version`` on a connection
+changes whenever another connection (of any process) has committed to the
+file, and reading it touches only shared memory, so ``CommitWatcher`` reads
+it every ``COMMIT_WATCH_INTERVAL_S`` on a connection of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 
@@ -36,6 +45,10 @@ RECONNECT_MAX_DELAY_S = 5.0
 # A connection that lived this long counts as healthy: the next loss starts
 # the reconnect delays from the first one again.
 HEALTHY_AFTER_S = 30.0
+# How often the SQLite commit counter is read: the p99 of a wake-up after a
+# commit by another process is about this; a read costs microseconds.
+COMMIT_WATCH_INTERVAL_S = 0.01
+COMMIT_WATCH_RETRY_S = 1.0
 
 # TimeoutError (a connect or probe that took too long) is an OSError.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -112,3 +125,66 @@ class ChangeListener:
 
     def _on_notification(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:
         self._wake()
+
+
+class CommitWatcher:
+    """Calls ``wake`` whenever another connection has committed to the
+    SQLite file at ``path``."""
+
+    def __init__(self, path: Path, wake: Callable[[], None]) -> None:
+        self._path = path
+        self._wake = wake
+
+    async def run(self) -> None:
+        """Watch until cancelled; a failed read (the file locked for a
+        moment, or replaced) reopens the connection a little later."""
+        while True:
+            try:
+                connection = await asyncio.to_thread(self._open)
+            except sqlite3.Error:
+                await asyncio.sleep(COMMIT_WATCH_RETRY_S)
+                continue
+            try:
+                await self._watch(connection)
+            except sqlite3.Error as exc:
+                log.warning(
+                    "watching the database file for commits failed; retrying",
+                    extra={"error": type(exc).__name__},
+                )
+            finally:
+                connection.close()
+            # Commits made while nobody watched were not seen.
+            self._wake()
+            await asyncio.sleep(COMMIT_WATCH_RETRY_S)
+
+    def _open(self) -> sqlite3.Connection:
+        # No busy wait: the counter is read on the event loop, which must
+        # never block; a busy file just skips one reading. Read-only, and
+        # never creating the file: a watcher must not put an empty database
+        # where a removed one was.
+        return sqlite3.connect(
+            f"file:{quote(str(self._path))}?mode=ro",
+            uri=True,
+            timeout=0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+
+    async def _watch(self, connection: sqlite3.Connection) -> None:
+        seen = _data_version(connection)
+        while True:
+            await asyncio.sleep(COMMIT_WATCH_INTERVAL_S)
+            try:
+                version = _data_version(connection)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                continue
+            if version != seen:
+                seen = version
+                self._wake()
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    row = connection.execute("PRAGMA data_version").fetchone()
+    return int(row[0])

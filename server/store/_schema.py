@@ -1,7 +1,7 @@
 """The tables, as SQLAlchemy Core metadata.
 
-Migrations ``0001_initial``, ``0002_key_changes`` and ``0004_write_probes``
-create exactly these; a test compares the two.
+Migrations ``0001_initial`` to ``0004_write_probes`` create exactly these; a
+test compares the two.
 Times are integer microseconds since the Unix epoch (UTC) so that SQLite and
 PostgreSQL compare and order them the same way.
 """
@@ -107,7 +107,11 @@ contact_centers = Table(
 # The change feed: one row per create, update or delete of a key, written in
 # the mutation's transaction, read by every process to drop stale cache
 # entries. AUTOINCREMENT on SQLite so that a seq is never handed out twice,
-# even after pruning emptied the table.
+# even after pruning emptied the table. On PostgreSQL ``xid`` is the writing
+# transaction's id (``pg_current_xact_id()``), which readers compare with
+# snapshots to tell committed, running and finished transactions apart;
+# SQLite, with its single writer, leaves it NULL. ``time`` is the database's
+# clock at the insert, for pruning.
 key_changes = Table(
     "key_changes",
     metadata,
@@ -115,17 +119,22 @@ key_changes = Table(
     Column("lookup_hash", LargeBinary(32), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("time", BigInteger, nullable=False),
+    Column("xid", BigInteger, nullable=True),
     Index("ix_key_changes_time", "time"),
+    Index("ix_key_changes_xid", "xid"),
     sqlite_autoincrement=True,
 )
 
-# A single row (id 1): the highest seq pruning has deleted, so that a reader
-# positioned below it knows it may have missed changes.
+# A single row (id 1): how far pruning has gone. ``pruned_through`` is the
+# highest seq it deleted; ``pruned_below_xid`` (PostgreSQL) says every entry
+# of a transaction below that id is gone, so a reader whose position goes
+# back further may have missed entries.
 key_changes_pruned = Table(
     "key_changes_pruned",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("pruned_through", BigInteger, nullable=False),
+    Column("pruned_below_xid", BigInteger, nullable=False, server_default="0"),
 )
 
 # Always empty: the health probe inserts a row and deletes it again in one

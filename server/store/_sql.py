@@ -46,24 +46,40 @@ from server.domain.records import (
     AuditRecord,
     ChangeKind,
     ChangePage,
-    KeyChange,
+    FeedPosition,
     KeyChanges,
     KeyCursor,
     KeyPage,
     KeyRecord,
 )
 from server.domain.store import ChangeFeed, KeyStore
-from server.store._engine import create_engine, ensure_same_database_file, writer
-from server.store._listener import CHANGE_CHANNEL, ChangeListener
+from server.store._engine import (
+    FEED_POOL_SIZE,
+    create_engine,
+    ensure_same_database_file,
+    opened_sqlite_file,
+    writer,
+)
+from server.store._feed import (
+    POSTGRES_XID,
+    database_clock,
+    postgres_changes,
+    postgres_prune,
+    raise_pruned_marks,
+    sqlite_changes,
+)
+from server.store._listener import CHANGE_CHANNEL, ChangeListener, CommitWatcher
 from server.store._schema import (
     api_keys,
     audit_events,
     contact_centers,
     key_changes,
-    key_changes_pruned,
     retired_lookup_hashes,
     write_probes,
 )
+from server.store._times import MICROSECOND
+from server.store._times import from_micros as _from_micros
+from server.store._times import to_micros as _to_micros
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +99,19 @@ _MIGRATIONS = "server.store:migrations"
 # migrate one after another; any constant unique to this service will do.
 _MIGRATION_LOCK_ID = 0x61706B6579730001
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _LIKE_ESCAPE = "\\"
+
+_RECORD_LAST_USED = (
+    update(api_keys)
+    .where(
+        api_keys.c.id == bindparam("b_key_id"),
+        or_(
+            api_keys.c.last_used_time.is_(None),
+            api_keys.c.last_used_time < bindparam("b_time"),
+        ),
+    )
+    .values(last_used_time=bindparam("b_time"))
+)
 
 
 async def open_store(database_url: str, *, migrate: bool = True) -> SqlKeyStore:
@@ -97,13 +123,15 @@ async def open_store(database_url: str, *, migrate: bool = True) -> SqlKeyStore:
     """
     with _unavailable_on_error("open"):
         engine = await create_engine(database_url)
-    if migrate:
-        try:
+        feed_engine = await create_engine(database_url, pool_size=FEED_POOL_SIZE)
+    try:
+        if migrate:
             await _upgrade(engine)
-        except BaseException:
-            await engine.dispose()
-            raise
-    return SqlKeyStore(engine)
+    except BaseException:
+        await engine.dispose()
+        await feed_engine.dispose()
+        raise
+    return SqlKeyStore(engine, feed_engine)
 
 
 async def migrate(database_url: str) -> None:
@@ -125,12 +153,15 @@ class SqlKeyStore(KeyStore, ChangeFeed):
     """The key store and its change feed on SQLite (aiosqlite) or PostgreSQL
     (asyncpg).
 
-    Build one with :func:`open_store`, which configures the engine this
-    class relies on.
+    Build one with :func:`open_store`, which configures the engines this
+    class relies on: ``engine`` for keys, ``feed_engine`` (a small pool of
+    its own, so that a flood of lookups cannot hold up invalidations) for
+    reading and pruning the change feed.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, feed_engine: AsyncEngine) -> None:
         self.engine = engine
+        self.feed_engine = feed_engine
         self._writer = writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
         # SQLite runs one write transaction at a time anyway; queueing this
@@ -415,88 +446,81 @@ class SqlKeyStore(KeyStore, ChangeFeed):
 
     async def record_last_used(self, uses: Mapping[str, datetime]) -> None:
         """Set ``last_used_time`` of each key id to the given time unless
-        it is already later, all in one transaction. Unknown (deleted) ids
-        are ignored."""
+        it is already later, in one short transaction that never waits for a
+        row lock. Unknown (deleted) ids are ignored.
+
+        On PostgreSQL a key whose row another transaction holds (an admin
+        write, another replica's flush) is skipped rather than waited for,
+        so a stalled writer holds up neither this flush nor, through it,
+        other writers; ``StoreUnavailable`` then says some times were not
+        written, for the caller to retry. SQLite's single writer has no row
+        locks to wait for.
+        """
         if not uses:
             return
-        # Sorted so that replicas flushing overlapping batches lock rows in
-        # the same order and cannot deadlock.
-        params = [
-            {"b_key_id": key_id, "b_time": _to_micros(used)}
-            for key_id, used in sorted(uses.items())
-        ]
-        statement = (
-            update(api_keys)
-            .where(
-                api_keys.c.id == bindparam("b_key_id"),
-                or_(
-                    api_keys.c.last_used_time.is_(None),
-                    api_keys.c.last_used_time < bindparam("b_time"),
-                ),
-            )
-            .values(last_used_time=bindparam("b_time"))
-        )
+        written = set(uses)
         async with self._write("record_last_used") as conn:
-            await conn.execute(statement, params)
-
-    async def latest_change(self) -> int:
-        """The highest change ``seq`` committed so far (pruned ones
-        included), or 0."""
-        async with self._read("latest_change") as conn:
-            latest = await conn.scalar(select(func.max(key_changes.c.seq)))
-            pruned = await conn.scalar(select(key_changes_pruned.c.pruned_through))
-        return max(int(latest or 0), int(pruned or 0))
-
-    async def changes_after(self, seq: int, *, limit: int) -> ChangePage:
-        """Change entries with ``seq`` above ``seq``, oldest first; at most
-        ``limit``."""
-        _check_limit(limit)
-        async with self._read("changes_after") as conn:
-            result = await conn.execute(
-                select(key_changes)
-                .where(key_changes.c.seq > seq)
-                .order_by(key_changes.c.seq)
-                .limit(limit)
-            )
-            rows = result.mappings().all()
-            # Read after the entries: a prune committing in between then shows
-            # up here, so the reader errs towards "may have missed some".
-            pruned = await conn.scalar(select(key_changes_pruned.c.pruned_through))
-        return ChangePage(
-            changes=tuple(
-                KeyChange(
-                    seq=row["seq"],
-                    lookup_hash=bytes(row["lookup_hash"]),
-                    kind=ChangeKind(row["kind"]),
-                    time=_from_micros(row["time"]),
+            if self._postgres:
+                written = set(
+                    await conn.scalars(
+                        select(api_keys.c.id)
+                        .where(api_keys.c.id.in_(uses))
+                        .order_by(api_keys.c.id)
+                        .with_for_update(skip_locked=True)
+                    )
                 )
-                for row in rows
-            ),
-            pruned_through=int(pruned or 0),
-        )
+            params = [
+                {"b_key_id": key_id, "b_time": _to_micros(used)}
+                for key_id, used in sorted(uses.items())
+                if key_id in written
+            ]
+            if params:
+                await conn.execute(_RECORD_LAST_USED, params)
+        if written != set(uses) and await self._any_key_exists(set(uses) - written):
+            raise StoreUnavailable("last-used times of keys being written elsewhere wait")
 
-    async def prune_changes(self, before: datetime) -> int:
-        """Delete change entries older than ``before`` and raise the pruned
-        mark to the highest ``seq`` deleted; returns how many went.
+    async def _any_key_exists(self, key_ids: set[str]) -> bool:
+        async with self._read("record_last_used") as conn:
+            found = await conn.scalar(select(api_keys.c.id).where(api_keys.c.id.in_(key_ids)))
+        return found is not None
 
-        Any number of processes may prune at once: they queue on the mark's
-        row, and the later ones find nothing left to delete.
+    async def changes_since(self, position: FeedPosition | None, *, limit: int) -> ChangePage:
+        """Entries committed after ``position`` was taken, oldest ``seq``
+        first, at most ``limit``; see ``docs/REVOCATION.md`` for why none is
+        ever passed over.
+
+        On PostgreSQL a position is a pair of snapshots: an entry is due when
+        its transaction is visible in the newer one and was not in the older
+        one. On SQLite, whose single writer commits entries in ``seq``
+        order, it is the highest ``seq`` read.
         """
-        cutoff = _to_micros(before)
-        async with self._write("prune_changes") as conn:
+        _check_limit(limit)
+        async with self._read("changes_since", snapshot=True, feed=True) as conn:
+            if self._postgres:
+                return await postgres_changes(conn, position, limit)
+            return await sqlite_changes(conn, position, limit)
+
+    async def prune_changes(self, older_than: timedelta) -> int:
+        """Delete entries committed more than ``older_than`` ago by the
+        database's clock, and raise the pruned marks past them; returns how
+        many went.
+
+        On PostgreSQL only entries of transactions below the oldest one still
+        running go, so an entry that may yet commit is never pruned, whatever
+        the clocks. Any number of processes may prune at once: they queue on
+        the marks' row, and the later ones find nothing left to delete.
+        """
+        retention = older_than // MICROSECOND
+        async with self._write("prune_changes", feed=True) as conn:
+            if self._postgres:
+                return await postgres_prune(conn, retention)
+            cutoff = select(database_clock(conn) - retention).scalar_subquery()
             through = await conn.scalar(
                 select(func.max(key_changes.c.seq)).where(key_changes.c.time < cutoff)
             )
             if through is None:
                 return 0
-            await conn.execute(
-                update(key_changes_pruned)
-                .where(
-                    key_changes_pruned.c.id == 1,
-                    key_changes_pruned.c.pruned_through < through,
-                )
-                .values(pruned_through=through)
-            )
+            await raise_pruned_marks(conn, through=through, below_xid=0)
             result = await conn.execute(delete(key_changes).where(key_changes.c.seq <= through))
         return int(result.rowcount)
 
@@ -513,17 +537,21 @@ class SqlKeyStore(KeyStore, ChangeFeed):
             await conn.execute(delete(write_probes).where(write_probes.c.id == probe))
 
     async def follow_notifications(self, wake: Callable[[], None]) -> None:
-        """On PostgreSQL, LISTEN on a dedicated connection and call ``wake``
-        on every change notification and every (re)connect, until cancelled.
-        On SQLite there is nothing to listen to: returns at once."""
-        if not self._postgres:
+        """Call ``wake`` after every change another connection may have
+        committed, until cancelled. On PostgreSQL, LISTEN on a dedicated
+        connection (and wake on every (re)connect too); on SQLite, watch the
+        file's commit counter (``PRAGMA data_version``) on a connection of
+        its own."""
+        if self._postgres:
+            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            await ChangeListener(dsn, wake).run()
             return
-        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        await ChangeListener(dsn, wake).run()
+        await CommitWatcher(opened_sqlite_file(self.engine.url), wake).run()
 
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+        await self.feed_engine.dispose()
 
     async def _record_change(
         self, conn: AsyncConnection, lookup_hash: bytes, kind: ChangeKind
@@ -531,42 +559,42 @@ class SqlKeyStore(KeyStore, ChangeFeed):
         """Append a change entry to the mutation's transaction. Called last
         in it, so that the ``seq`` is taken just before the commit and later
         ``seq`` values rarely become visible first."""
-        seq = await conn.scalar(
-            insert(key_changes)
-            .values(
-                lookup_hash=lookup_hash,
-                kind=kind.value,
-                # The wall clock, not the mutation's time: pruning goes by age.
-                time=_to_micros(datetime.now(UTC)),
-            )
-            .returning(key_changes.c.seq)
-        )
+        values: dict[str, Any] = {
+            "lookup_hash": lookup_hash,
+            "kind": kind.value,
+            "time": database_clock(conn),
+        }
+        if self._postgres:
+            values["xid"] = POSTGRES_XID
+        seq = await conn.scalar(insert(key_changes).values(values).returning(key_changes.c.seq))
         if self._postgres:
             # Only a wake-up (the payload is the seq, never key material):
             # readers take the changes themselves from the table.
             await conn.execute(select(func.pg_notify(CHANGE_CHANNEL, str(seq))))
 
     @contextlib.asynccontextmanager
-    async def _write(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        """A write transaction: committed when the block ends, rolled back
-        if it raises. On SQLite it commits only into the file still at the
-        database's path."""
+    async def _write(self, operation: str, *, feed: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (on the feed's engine with ``feed``):
+        committed when the block ends, rolled back if it raises. On SQLite
+        it commits only into the file still at the database's path."""
         with _unavailable_on_error(operation):
             async with contextlib.AsyncExitStack() as stack:
                 if self._sqlite_write_lock is not None:
                     await stack.enter_async_context(self._sqlite_write_lock)
-                conn = await stack.enter_async_context(self._writer.begin())
+                engine = writer(self.feed_engine) if feed else self._writer
+                conn = await stack.enter_async_context(engine.begin())
                 yield conn
                 await ensure_same_database_file(conn)
 
     @contextlib.asynccontextmanager
     async def _read(
-        self, operation: str, *, snapshot: bool = False
+        self, operation: str, *, snapshot: bool = False, feed: bool = False
     ) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction. With ``snapshot`` its statements all see
-        the same state (SQLite transactions always do)."""
+        """A read-only transaction (on the feed's engine with ``feed``).
+        With ``snapshot`` its statements all see the same state (SQLite
+        transactions always do)."""
         with _unavailable_on_error(operation):
-            async with self.engine.connect() as conn:
+            async with (self.feed_engine if feed else self.engine).connect() as conn:
                 if snapshot and self._postgres:
                     await conn.execution_options(isolation_level="REPEATABLE READ")
                 yield conn
@@ -616,16 +644,6 @@ def _first_line(exc: BaseException) -> str:
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
-
-
-def _to_micros(time: datetime) -> int:
-    if time.utcoffset() is None:
-        raise ValueError("the key store takes timezone-aware datetimes only")
-    return (time - _EPOCH) // _MICROSECOND
-
-
-def _from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _fold(text: str) -> str:

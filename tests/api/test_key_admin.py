@@ -475,11 +475,17 @@ async def test_admin_calls_are_logged_with_actor_and_outcome(
     await rpc_error(
         harness.admin.GetKey(pb.GetKeyRequest(id="key_missing"), metadata=harness.auth())
     )
-    calls = [
-        (r.rpc, r.actor, r.contact_center, r.code)  # type: ignore[attr-defined]
-        for r in caplog.records
-        if r.getMessage() == "admin call"
-    ]
+    # The server logs a call once its status is on the way, which the
+    # client can see first.
+    for _ in range(100):
+        calls = [
+            (r.rpc, r.actor, r.contact_center, r.code)  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() == "admin call"
+        ]
+        if len(calls) == 2:
+            break
+        await asyncio.sleep(0.01)
     assert calls == [
         ("CreateKey", "admin-1", "cc-1", "OK"),
         ("GetKey", "admin-1", "cc-1", "NOT_FOUND"),

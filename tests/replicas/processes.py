@@ -186,11 +186,12 @@ async def revocation_latencies(
     repetitions: int,
     *,
     before_delete: Any = None,
+    from_return: bool = False,
 ) -> list[float]:
     """For each repetition: a key created through ``deleting`` is allowed
     (and so cached) by ``checking``, deleted through ``deleting``, and
     checked on ``checking`` until denied. The seconds from sending the delete
-    to the deny."""
+    (from its return, once committed, with ``from_return``) to the deny."""
     latencies = []
     for _ in range(repetitions):
         key_id, secret = await new_key(deleting, admin_keys)
@@ -200,6 +201,8 @@ async def revocation_latencies(
             await before_delete()
         since = time.perf_counter()
         await delete_key(deleting, admin_keys, key_id)
+        if from_return:
+            since = time.perf_counter()
         latencies.append(await seconds_until_denied(checking, secret, since))
     return latencies
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from server.domain.errors import KeyCollision, KeyLimitExceeded, StoreUnavailable
-from server.domain.records import AuditAction, ChangeKind, KeyChanges, KeyCursor, KeyRecord
+from server.domain.records import AuditAction, KeyChanges, KeyCursor, KeyRecord
 from server.domain.store import KeyStore
-from server.store import SqlKeyStore, check_database_url, open_store
+from server.store import check_database_url, open_store
 from tests.conftest import BASE_TIME, KeyFactory
 
 LIMIT = 50
@@ -540,62 +540,3 @@ def _overwrite_with_garbage(directory: Path, pattern: str) -> None:
 
 def _with(key: KeyRecord, **changes: object) -> KeyRecord:
     return replace(key, **changes)  # type: ignore[arg-type]
-
-
-async def test_every_mutation_appends_to_the_change_feed(
-    store: KeyStore, sql_store: SqlKeyStore, make_key: KeyFactory
-) -> None:
-    """Mutations go through every implementation; the feed is read from the
-    SQL store under it, the only one that offers the feed."""
-    before = await sql_store.latest_change()
-    key = await store.create_key(make_key(), max_keys=LIMIT)
-    await store.update_key("cc-1", key.id, KeyChanges(name="n"), actor_id="a", time=T1)
-    await store.reveal_key("cc-1", key.id, actor_id="a", time=T1)
-    await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
-
-    page = await sql_store.changes_after(before, limit=10)
-
-    assert [(c.kind, c.lookup_hash) for c in page.changes] == [
-        (ChangeKind.CREATED, key.lookup_hash),
-        (ChangeKind.UPDATED, key.lookup_hash),
-        (ChangeKind.DELETED, key.lookup_hash),
-    ]
-    assert [c.seq for c in page.changes] == sorted({c.seq for c in page.changes})
-    assert await sql_store.latest_change() == page.changes[-1].seq
-    second_only = await sql_store.changes_after(page.changes[0].seq, limit=1)
-    assert second_only.changes == page.changes[1:2]
-
-
-async def test_a_failed_mutation_appends_nothing(
-    store: KeyStore, sql_store: SqlKeyStore, make_key: KeyFactory
-) -> None:
-    """Mutations go through every implementation; the feed is read from the
-    SQL store under it, the only one that offers the feed."""
-    key = await store.create_key(make_key(), max_keys=LIMIT)
-    latest = await sql_store.latest_change()
-
-    with pytest.raises(KeyCollision):
-        await store.create_key(make_key(lookup_hash=key.lookup_hash), max_keys=LIMIT)
-    assert await store.delete_key("cc-1", "key_missing", actor_id="a", time=T1) is None
-
-    assert await sql_store.latest_change() == latest
-
-
-async def test_pruning_removes_old_changes_and_marks_how_far(
-    sql_store: SqlKeyStore, make_key: KeyFactory
-) -> None:
-    """SQL store only: pruning is part of the change feed, which the cache
-    follows rather than offers."""
-    await sql_store.create_key(make_key(), max_keys=LIMIT)
-    latest = await sql_store.latest_change()
-
-    assert await sql_store.prune_changes(datetime.now(UTC) - timedelta(hours=1)) == 0
-    assert await sql_store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 1
-    assert await sql_store.prune_changes(datetime.now(UTC) + timedelta(seconds=1)) == 0
-
-    page = await sql_store.changes_after(0, limit=10)
-    assert page.changes == () and page.pruned_through == latest
-    assert await sql_store.latest_change() == latest
-    newer = await sql_store.create_key(make_key(), max_keys=LIMIT)
-    [change] = (await sql_store.changes_after(latest, limit=10)).changes
-    assert change.seq > latest and change.lookup_hash == newer.lookup_hash

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.store import migrate, open_store
+from server.store._engine import create_engine
 from server.store._schema import metadata
 from tests.conftest import KeyFactory
 
@@ -74,3 +78,43 @@ async def test_replicas_migrating_at_once_all_succeed(database_url: str) -> None
 
     tables, revision, _ = await _inspect(database_url)
     assert (tables, revision) == (TABLES, "0004")
+
+
+def _upgrade_to(revision: str) -> Callable[[Connection], None]:
+    def upgrade(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", "server.store:migrations")
+        config.set_main_option("path_separator", "os")
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    return upgrade
+
+
+async def test_upgrading_a_populated_change_feed_keeps_readers_in_step(
+    database_url: str,
+) -> None:
+    engine = await create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_to("0002"))
+        written_before = text(
+            "INSERT INTO key_changes (lookup_hash, kind, time) VALUES (:hash, 'deleted', 0)"
+        )
+        async with engine.begin() as conn:
+            await conn.execute(written_before, {"hash": b"a" * 32})
+        await migrate(database_url)
+        store = await open_store(database_url)
+        try:
+            position = (await store.changes_since(None, limit=10)).position
+            # A replica still on the previous release writes as it always did.
+            async with engine.begin() as conn:
+                await conn.execute(written_before, {"hash": b"b" * 32})
+            page = await store.changes_since(position, limit=10)
+        finally:
+            await store.close()
+    finally:
+        await engine.dispose()
+
+    assert [change.lookup_hash for change in page.changes] == [b"b" * 32]
+    assert not page.missed and not page.reset
