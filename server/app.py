@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2
@@ -30,11 +31,12 @@ from server.admin_tokens import AdminTokenVerifier, ensure_dev_key_pair
 from server.api.admission import CallAdmission
 from server.api.auth import AdminAuthInterceptor
 from server.api.authorize import AuthorizeServicer
+from server.api.ext_authz import EnvoyAuthorizationServicer
 from server.api.key_admin import KeyAdminServicer
 from server.api.parsing import ServiceRegistry
 from server.cache import CachedKeyStore
 from server.domain.admin import KeyAdministration
-from server.domain.authorize import Authorizer
+from server.domain.authorize import Authorizer, Checks
 from server.domain.keys import KeyCipher, KeyHasher
 from server.domain.paging import PageTokens
 from server.domain.routes import RouteFileError, RouteTable
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 
 KEY_ADMIN = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"]
 AUTHORIZE = authorize_pb2.DESCRIPTOR.services_by_name["Authorize"]
+ENVOY_AUTHORIZATION = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 KEY_ADMIN_SERVICE = KEY_ADMIN.full_name
@@ -86,9 +89,10 @@ class Wiring:
     """The parts the server is built from; the defaults are production's."""
 
     open_store: StoreOpener = open_store
-    authorize_servicer: Callable[[Authorizer], authorize_pb2_grpc.AuthorizeServicer] = (
-        AuthorizeServicer
-    )
+    authorize_servicer: Callable[[Checks], authorize_pb2_grpc.AuthorizeServicer] = AuthorizeServicer
+    # Envoy's generated servicer base is untyped; the registry serves the
+    # methods its descriptor names.
+    envoy_authorization_servicer: Callable[[Checks], object] = EnvoyAuthorizationServicer
     key_admin_servicer: Callable[[KeyAdministration], key_admin_pb2_grpc.KeyAdminServicer] = (
         KeyAdminServicer
     )
@@ -320,6 +324,11 @@ class ApiKeysServer:
             registry.add_service(server, KEY_ADMIN, wiring.key_admin_servicer(parts.administration))
         if AUTHORIZE_SERVICE in served:
             registry.add_service(server, AUTHORIZE, wiring.authorize_servicer(parts.authorizer))
+            registry.add_service(
+                server,
+                ENVOY_AUTHORIZATION,
+                wiring.envoy_authorization_servicer(parts.authorizer),
+            )
         registry.add_service(server, HEALTH, self._health)
         # Reflection is an admin tool: with a separate admin port it stays
         # there, out of reach of every caller of Check.
@@ -327,7 +336,14 @@ class ApiKeysServer:
             registry.add_service(
                 server,
                 REFLECTION,
-                ReflectionServicer((*served, HEALTH.full_name, REFLECTION.full_name)),
+                ReflectionServicer(
+                    (
+                        *served,
+                        *((ENVOY_AUTHORIZATION.full_name,) if AUTHORIZE_SERVICE in served else ()),
+                        HEALTH.full_name,
+                        REFLECTION.full_name,
+                    )
+                ),
             )
         return server
 
