@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.engine import make_url
 
 from server.admin_tokens import AdminTokenVerifier, ensure_dev_key_pair
@@ -55,6 +56,7 @@ from server.settings import (
 )
 from server.store import open_store
 from server.tls import CertificateError, CertificateFiles, ServerCertificates
+from server.tracing import TracingInterceptor, tracer_provider_from_environment
 from server.transport import TransportLimits
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc
 
@@ -99,6 +101,9 @@ class Wiring:
     interceptors: Callable[[AdminTokenVerifier], Sequence[grpc.aio.ServerInterceptor]] = field(
         default=admin_interceptors
     )
+    tracer_provider: Callable[[], TracerProvider | None] = tracer_provider_from_environment
+    """Where spans go; ``None``, as without ``OTEL_*`` variables, installs no
+    tracing at all."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -184,6 +189,7 @@ class ApiKeysServer:
         self._servers: list[grpc.aio.Server] = []
         self._health = HealthServicer()
         self._parts: Parts | None = None
+        self._tracer_provider = self._wiring.tracer_provider()
         self.port = 0
         self.admin_port = 0
         """The port serving ``KeyAdmin``: ``port`` unless ``--admin-listen`` is set."""
@@ -310,8 +316,12 @@ class ApiKeysServer:
         settings = self._prepared.settings
         wiring = self._wiring
         limits = TransportLimits.from_settings(settings)
+        # Tracing first: a call refused by authentication is a span too.
+        tracing = (
+            () if self._tracer_provider is None else (TracingInterceptor(self._tracer_provider),)
+        )
         server = grpc.aio.server(
-            interceptors=wiring.interceptors(self._prepared.verifier),
+            interceptors=(*tracing, *wiring.interceptors(self._prepared.verifier)),
             options=[
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 *limits.channel_options(),
@@ -374,6 +384,9 @@ class ApiKeysServer:
         finally:
             await parts.follower.stop()
             await parts.cache.close()
+            if self._tracer_provider is not None:
+                # Sends the spans still buffered.
+                self._tracer_provider.shutdown()
         log.info("stopped")
 
 
