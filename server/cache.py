@@ -55,6 +55,10 @@ class CachedKeyStore:
         # Bumped on every invalidation so that a lookup which started before
         # it cannot put the stale answer back into the cache.
         self._generation = 0
+        self.hits = 0
+        """Lookups answered from memory (the key, or that it is unknown)."""
+        self.misses = 0
+        """Lookups that went to the store (or joined one under way)."""
 
     @property
     def store(self) -> KeyStore:
@@ -69,9 +73,11 @@ class CachedKeyStore:
         nothing about the store (ask ``find_by_lookup_hash``)."""
         # One TTL-checked lookup (``get`` would make two).
         try:
-            return self._found[lookup_hash]
+            record = self._found[lookup_hash]
         except KeyError:
             return None
+        self.hits += 1
+        return record
 
     async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
         """The key from memory, or from the store on a miss (shared by
@@ -80,7 +86,9 @@ class CachedKeyStore:
         if record is not None:
             return record
         if lookup_hash in self._unknown:
+            self.hits += 1
             return None
+        self.misses += 1
         lookup = self._inflight.get(lookup_hash)
         if lookup is None:
             # The query runs in a task of the cache's own, not in the first
