@@ -148,53 +148,45 @@ async def test_envoy_authorizes_each_request_through_the_service(tmp_path: Path)
                 assert seen["x-apikey-scopes"] == ["campaigns.read,users.read"]
                 assert "authorization" not in seen
 
-                assert_denied(
-                    await client.get("/api/v4/campaigns"),
-                    401,
-                    "REASON_KEY_MALFORMED",
-                    challenge=True,
-                )
-                assert_denied(
-                    await client.get(
-                        "/api/v4/campaigns", headers={"authorization": f"Basic {key}"}
-                    ),
-                    401,
-                    "REASON_KEY_MALFORMED",
-                    challenge=True,
-                )
-                assert_denied(
-                    await client.get(
-                        "/api/v4/campaigns", headers={"authorization": "Bearer not-a-key"}
-                    ),
-                    401,
-                    "REASON_KEY_MALFORMED",
-                    challenge=True,
-                )
-                assert_denied(
-                    await client.get(
+                denials = [
+                    ("/api/v4/campaigns", {}, 401, "REASON_KEY_MALFORMED"),
+                    (
                         "/api/v4/campaigns",
-                        headers={
-                            "authorization": f"Bearer {generate_key()}",
-                            "x-apikey-id": key_id,
-                        },
+                        {"authorization": f"Basic {key}"},
+                        401,
+                        "REASON_KEY_MALFORMED",
                     ),
-                    401,
-                    "REASON_KEY_NOT_FOUND",
-                    challenge=True,
-                )
-                assert_denied(
-                    await client.get(
-                        "/api/v4/campaigns", headers={"authorization": f"Bearer {other_key}"}
+                    (
+                        "/api/v4/campaigns",
+                        {"authorization": "Bearer not-a-key"},
+                        401,
+                        "REASON_KEY_MALFORMED",
                     ),
-                    403,
-                    "REASON_SCOPE_MISSING",
-                )
-                assert_denied(
-                    await client.get(
-                        "/api/v4/no-such-thing", headers={"authorization": f"Bearer {key}"}
+                    (
+                        "/api/v4/campaigns",
+                        {"authorization": f"Bearer {generate_key()}", "x-apikey-id": key_id},
+                        401,
+                        "REASON_KEY_NOT_FOUND",
                     ),
-                    404,
-                    "REASON_ROUTE_NOT_FOUND",
-                )
+                    (
+                        "/api/v4/campaigns",
+                        {"authorization": f"Bearer {other_key}"},
+                        403,
+                        "REASON_SCOPE_MISSING",
+                    ),
+                    (
+                        "/api/v4/no-such-thing",
+                        {"authorization": f"Bearer {key}"},
+                        404,
+                        "REASON_ROUTE_NOT_FOUND",
+                    ),
+                ]
+                for path, headers, status, reason in denials:
+                    assert_denied(
+                        await client.get(path, headers=headers),
+                        status,
+                        reason,
+                        challenge=status == 401,
+                    )
                 # Only the one allowed request ever reached the API.
                 assert len(api.received) == 1
