@@ -96,7 +96,8 @@ class FloodRun:
     flood_rps: float
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -143,7 +144,7 @@ def started(
     repository instead of this one; ``server_args`` are further
     ``apikeys-server`` options."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
-        port = _free_port()
+        port = free_port()
         data_dir = data_dir or Path(scratch) / "var"
         stats = Path(scratch) / "statements"
         command = [

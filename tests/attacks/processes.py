@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.suite import BenchServer, create_key, started
-from tests.envoy import EnvoyProcess, free_port, running_envoy
+from bench.envoy import EnvoyProcess, running_envoy
+from bench.suite import BenchServer, create_key, free_port, started
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "grpc-front.yaml"

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.envoy import running_envoy
 from server.domain.keys import generate_key
-from tests.envoy import free_port, running_envoy
 from tests.harness import Harness, running_server
+from tests.replicas.processes import free_port
 from voiso.apikeys.v1 import key_admin_pb2 as pb
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "envoy" / "envoy.yaml"

