@@ -43,51 +43,52 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Denial:
-    """How a gateway answers a denied request: the ``status.code`` Envoy is
-    given (a ``google.rpc.Code``), the HTTP status its client gets, and the
-    body's message and reason."""
+class Refusal:
+    """A kind of refusal: the ``status.code`` Envoy is given (a
+    ``google.rpc.Code``) and the HTTP status its client gets."""
 
     code: int
     http_status: int
-    message: str
+
+
+UNAUTHORIZED: Final = Refusal(code=code_pb2.UNAUTHENTICATED, http_status=401)
+FORBIDDEN: Final = Refusal(code=code_pb2.PERMISSION_DENIED, http_status=403)
+NOT_FOUND: Final = Refusal(code=code_pb2.NOT_FOUND, http_status=404)
+UNAVAILABLE: Final = Refusal(code=code_pb2.UNAVAILABLE, http_status=503)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Denial:
+    """How a gateway answers one denied request: its refusal and the body's
+    reason and message."""
+
+    refusal: Refusal
     reason: str
+    message: str
 
 
-DENIALS: Final[Mapping[Reason, Denial]] = {
-    Reason.KEY_MALFORMED: Denial(
-        code=code_pb2.UNAUTHENTICATED,
-        http_status=401,
-        message="missing or malformed API key; send Authorization: Bearer <key>",
-        reason=Reason.KEY_MALFORMED.value,
-    ),
-    Reason.KEY_NOT_FOUND: Denial(
-        code=code_pb2.UNAUTHENTICATED,
-        http_status=401,
-        message="unknown API key",
-        reason=Reason.KEY_NOT_FOUND.value,
-    ),
-    Reason.SCOPE_MISSING: Denial(
-        code=code_pb2.PERMISSION_DENIED,
-        http_status=403,
-        message="the API key's scopes do not cover this request",
-        reason=Reason.SCOPE_MISSING.value,
-    ),
-    Reason.ROUTE_NOT_FOUND: Denial(
-        code=code_pb2.NOT_FOUND,
-        http_status=404,
-        message="no API route matches this method and path",
-        reason=Reason.ROUTE_NOT_FOUND.value,
-    ),
-}
-"""Every denying ``Reason`` and its answer: a new reason is one entry here."""
+def _denials(table: Mapping[Reason, tuple[Refusal, str]]) -> Mapping[Reason, Denial]:
+    return {
+        reason: Denial(refusal=refusal, reason=reason.value, message=message)
+        for reason, (refusal, message) in table.items()
+    }
+
+
+DENIALS: Final = _denials(
+    {
+        Reason.KEY_MALFORMED: (UNAUTHORIZED, "missing or malformed API key; send Bearer <key>"),
+        Reason.KEY_NOT_FOUND: (UNAUTHORIZED, "unknown API key"),
+        Reason.SCOPE_MISSING: (FORBIDDEN, "the API key's scopes do not cover this request"),
+        Reason.ROUTE_NOT_FOUND: (NOT_FOUND, "no API route matches this method and path"),
+    }
+)
+"""Every denying ``Reason`` and its answer: a new reason is one line here."""
 
 STORE_UNAVAILABLE: Final = Denial(
-    code=code_pb2.UNAVAILABLE,
-    http_status=503,
-    message="the key store is unavailable; retry",
+    refusal=UNAVAILABLE,
     # No Reason decided the request: it could not be decided.
     reason="REASON_UNSPECIFIED",
+    message="the key store is unavailable; retry",
 )
 
 
@@ -152,20 +153,21 @@ def gateway_response(decision: Decision) -> pb.CheckResponse:
 
 def denied_response(denial: Denial) -> pb.CheckResponse:
     """The answer that makes Envoy send ``denial`` to the client."""
+    refusal = denial.refusal
     body = {
         "error": {
-            "status": denial.http_status,
+            "status": refusal.http_status,
             "reason": denial.reason,
             "message": denial.message,
         }
     }
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
-    if denial.http_status == 401:
+    if refusal is UNAUTHORIZED:
         headers.append(("www-authenticate", "Bearer"))
     return pb.CheckResponse(
-        status=status_pb2.Status(code=denial.code, message=denial.message),
+        status=status_pb2.Status(code=refusal.code, message=denial.message),
         denied_response=pb.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=denial.http_status),
+            status=http_status_pb2.HttpStatus(code=refusal.http_status),
             headers=_overwriting(headers),
             body=json.dumps(body, separators=(",", ":")),
         ),

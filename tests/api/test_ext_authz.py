@@ -12,7 +12,9 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
 
+from server.api.ext_authz import DENIALS
 from server.app import Storage, Wiring
+from server.domain.decisions import Reason
 from server.domain.errors import StoreUnavailable
 from server.domain.keys import generate_key
 from server.store import open_store
@@ -182,3 +184,8 @@ async def test_a_store_that_cannot_answer_is_a_503(tmp_path: Path) -> None:
     assert body["error"]["reason"] == "REASON_UNSPECIFIED"
     assert headers["content-type"] == "application/json"
     assert "www-authenticate" not in headers
+
+
+def test_every_denying_reason_has_an_answer() -> None:
+    denying = {reason for reason in Reason if reason is not Reason.ALLOWED}
+    assert set(DENIALS) == denying
