@@ -15,9 +15,14 @@ COPY server server
 COPY clients clients
 # pip trusts the system's CA bundle, which a build behind a TLS-inspecting
 # proxy replaces with the host's (`make image` mounts it for the build only).
+# xds-protos carries an older copy of OpenTelemetry's protos over
+# opentelemetry-proto's own, so the latter is put back last.
 RUN python3 -m venv /opt/apikeys \
-    && PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-       /opt/apikeys/bin/pip install --quiet --no-cache-dir --disable-pip-version-check . \
+    && export PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    && /opt/apikeys/bin/pip install --quiet --no-cache-dir --disable-pip-version-check . \
+    && /opt/apikeys/bin/pip install --quiet --no-cache-dir --disable-pip-version-check \
+       --no-deps --force-reinstall "opentelemetry-proto==$(/opt/apikeys/bin/python -c \
+       'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
     && /opt/apikeys/bin/pip uninstall --quiet --yes pip setuptools
 
 # Runtime stage: the installed service only, as a non-root user.

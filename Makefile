@@ -13,10 +13,17 @@ GENERATED := generated $(TS)/src/gen
 .PHONY: install serve console test fuzz history lint settings-table generate check-generated postgres \
   bench h2load chromium screenshots image image-tools clean
 
+# xds-protos (Envoy's protos) also ships an older copy of OpenTelemetry's
+# protos; whichever wheel pip installs last owns those files. The trace
+# exporter needs opentelemetry-proto's own, so it is put back last.
+RESTORE_OTEL_PROTO = $(PY) -m pip install --quiet --no-cache-dir --no-deps --force-reinstall \
+	"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(RESTORE_OTEL_PROTO)
 	touch $@
 
 install: $(STAMP)

@@ -68,7 +68,7 @@ class H2Result:
 
 def run(
     url: str,
-    body: bytes,
+    body: bytes | None,
     *,
     clients: int,
     streams: int,
@@ -76,8 +76,11 @@ def run(
     warm_up: float = 1.0,
     rps_per_client: float | None = None,
     cpu: int | None = 1,
+    headers: Sequence[str] = GRPC_HEADERS,
 ) -> H2Result:
-    """Runs h2load against ``url`` for ``duration`` seconds after ``warm_up``."""
+    """Runs h2load against ``url`` for ``duration`` seconds after ``warm_up``:
+    POSTs of ``body`` with ``headers`` (a gRPC call by default), or GETs
+    when ``body`` is ``None``."""
     with tempfile.TemporaryDirectory(prefix="bench-h2-") as scratch:
         extra = ["--warm-up-time", f"{warm_up:g}"]
         if rps_per_client is not None:
@@ -91,6 +94,7 @@ def run(
             duration=duration,
             cpu=cpu,
             extra=extra,
+            headers=headers,
         )
         output = subprocess.run(
             command, capture_output=True, text=True, check=True, timeout=duration + warm_up + 30
@@ -100,7 +104,7 @@ def run(
 
 def _command(
     url: str,
-    body: bytes,
+    body: bytes | None,
     scratch: Path,
     *,
     clients: int,
@@ -108,11 +112,15 @@ def _command(
     duration: float,
     cpu: int | None,
     extra: Sequence[str] = (),
+    headers: Sequence[str] = GRPC_HEADERS,
 ) -> list[str]:
     """The h2load command line, with the body and the per-request log in
     ``scratch`` and ``extra`` options before ``url``."""
-    body_file = scratch / "body"
-    body_file.write_bytes(body)
+    sending: list[str] = []
+    if body is not None:
+        body_file = scratch / "body"
+        body_file.write_bytes(body)
+        sending = ["-d", str(body_file)]
     return [
         *(cpu_pinning(cpu) if cpu is not None else []),
         "h2load",
@@ -122,11 +130,10 @@ def _command(
         str(streams),
         "-D",
         f"{duration:g}",
-        "-d",
-        str(body_file),
+        *sending,
         "--log-file",
         str(scratch / "log"),
-        *(part for header in GRPC_HEADERS for part in ("-H", header)),
+        *(part for header in headers for part in ("-H", header)),
         *extra,
         url,
     ]

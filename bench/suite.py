@@ -76,6 +76,7 @@ class SuiteOptions:
     memory_keys: int = DEFAULT_MEMORY_KEYS
     attack_calls: int = DEFAULT_ATTACK_CALLS
     profile: bool = True
+    only_metrics: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -95,7 +96,8 @@ class FloodRun:
     flood_rps: float
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -142,7 +144,7 @@ def started(
     repository instead of this one; ``server_args`` are further
     ``apikeys-server`` options."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as scratch:
-        port = _free_port()
+        port = free_port()
         data_dir = data_dir or Path(scratch) / "var"
         stats = Path(scratch) / "statements"
         command = [
@@ -500,6 +502,45 @@ def _check_batch(
     report.target("CheckBatch decisions/s >= 10 x unary Check", multiple >= 10, f"{multiple:.1f} x")
 
 
+def metrics_cost(report: Report, options: SuiteOptions) -> None:
+    """Cached-key ``Check`` with metrics on against metrics off, both real
+    servers saturated at once on the server CPU."""
+    report.section(
+        "cached-key Check, metrics on (--metrics-listen) / off, both saturated at once; "
+        "tracing is off in both (no OTEL_* variables: no interceptor installed)"
+    )
+    with (
+        started("metrics-off", variant="real") as off,
+        started(
+            "metrics-on", variant="real", server_args=["--metrics-listen", "127.0.0.1:0"]
+        ) as on,
+    ):
+        bodies = {
+            server.name: check_body(create_key(server, ["campaigns.read"])) for server in (off, on)
+        }
+        for server in (off, on):
+            verify_check(server, bodies[server.name], authorize_pb2.REASON_ALLOWED)
+        ratios = []
+        pair = [off, on]
+        for _ in range(options.saturation_runs):
+            done = saturate_together(pair, bodies, options.duration)
+            ratios.append(done[on.name].rps / done[off.name].rps)
+            report.row(
+                "req/s off, on, on / off",
+                f"{done[off.name].rps:,.0f}",
+                f"{done[on.name].rps:,.0f}",
+                f"{ratios[-1]:.3f}",
+            )
+            pair.reverse()
+    ratio = Figure(values=tuple(ratios))
+    report.row("on / off, median (min-max)", "", "", _fmt(ratio, 3))
+    report.target(
+        "Check throughput with metrics on >= 0.97 x off",
+        ratio.median >= 0.97,
+        f"{ratio.median:.3f}",
+    )
+
+
 def variants(report: Report, options: SuiteOptions, headline: Headline) -> None:
     """The cached-key saturation again, with the asyncio loop and without the
     admin interceptor, each also set against the headline figures."""
@@ -758,7 +799,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     report = Report()
     header(report)
+    if options.only_metrics:
+        metrics_cost(report, options)
+        return 0
     headline = saturation(report, options)
+    metrics_cost(report, options)
     variants(report, options, headline)
     attacked(report, options)
     memory(report, options)
@@ -797,6 +842,11 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
     )
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument(
+        "--only-metrics",
+        action="store_true",
+        help="run the metrics on/off section alone",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run: "
@@ -816,4 +866,5 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
         memory_keys=args.memory_keys,
         attack_calls=args.attack_calls,
         profile=not args.skip_profile,
+        only_metrics=args.only_metrics,
     )

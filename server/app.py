@@ -17,24 +17,28 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.engine import make_url
 
 from server.admin_tokens import AdminTokenVerifier, ensure_dev_key_pair
 from server.api.admission import CallAdmission
 from server.api.auth import AdminAuthInterceptor
 from server.api.authorize import AuthorizeServicer
+from server.api.ext_authz import EnvoyAuthorizationServicer
 from server.api.key_admin import KeyAdminServicer
 from server.api.parsing import ServiceRegistry
 from server.cache import CachedKeyStore
 from server.domain.admin import KeyAdministration
-from server.domain.authorize import Authorizer
+from server.domain.authorize import Authorizer, Checks
 from server.domain.keys import KeyCipher, KeyHasher
 from server.domain.paging import PageTokens
 from server.domain.routes import RouteFileError, RouteTable
@@ -44,15 +48,24 @@ from server.domain.usage import UsageRecorder
 from server.health import WriteHealth, WriteProbe
 from server.invalidation import ChangeFollower
 from server.logs import quiet_parameter_loggers
+from server.metrics import (
+    CountedChecks,
+    MultiprocessExport,
+    ServiceMetrics,
+    render_registry,
+    serve_metrics,
+)
 from server.settings import (
     Settings,
     SettingsError,
     ensure_data_dir,
     ensure_database_present,
+    split_address,
     with_secrets,
 )
 from server.store import open_store
 from server.tls import CertificateError, CertificateFiles, ServerCertificates
+from server.tracing import TracingInterceptor, tracer_provider_from_environment
 from server.transport import TransportLimits
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc
 
@@ -60,6 +73,7 @@ log = logging.getLogger(__name__)
 
 KEY_ADMIN = key_admin_pb2.DESCRIPTOR.services_by_name["KeyAdmin"]
 AUTHORIZE = authorize_pb2.DESCRIPTOR.services_by_name["Authorize"]
+ENVOY_AUTHORIZATION = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"]
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 KEY_ADMIN_SERVICE = KEY_ADMIN.full_name
@@ -86,15 +100,19 @@ class Wiring:
     """The parts the server is built from; the defaults are production's."""
 
     open_store: StoreOpener = open_store
-    authorize_servicer: Callable[[Authorizer], authorize_pb2_grpc.AuthorizeServicer] = (
-        AuthorizeServicer
-    )
+    authorize_servicer: Callable[[Checks], authorize_pb2_grpc.AuthorizeServicer] = AuthorizeServicer
+    # Envoy's generated servicer base is untyped; the registry serves the
+    # methods its descriptor names.
+    envoy_authorization_servicer: Callable[[Checks], object] = EnvoyAuthorizationServicer
     key_admin_servicer: Callable[[KeyAdministration], key_admin_pb2_grpc.KeyAdminServicer] = (
         KeyAdminServicer
     )
     interceptors: Callable[[AdminTokenVerifier], Sequence[grpc.aio.ServerInterceptor]] = field(
         default=admin_interceptors
     )
+    tracer_provider: Callable[[], TracerProvider | None] = tracer_provider_from_environment
+    """Where spans go; ``None``, as without ``OTEL_*`` variables, installs no
+    tracing at all."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,7 +125,10 @@ class Parts:
     usage: UsageRecorder
     write_health: WriteHealth
     authorizer: Authorizer
+    checks: Checks
+    """What the check services ask: the authorizer, counted when metrics are on."""
     administration: KeyAdministration
+    metrics: ServiceMetrics | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -174,15 +195,29 @@ def _certificates(settings: Settings) -> ServerCertificates | None:
 class ApiKeysServer:
     """The gRPC server with everything behind it."""
 
-    def __init__(self, prepared: Prepared, *, wiring: Wiring | None = None) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        *,
+        wiring: Wiring | None = None,
+        metrics_dir: Path | None = None,
+    ) -> None:
+        """``metrics_dir``: with ``--metrics-listen``, write the metrics there
+        for the metrics process of ``--workers`` instead of serving them."""
         self._prepared = prepared
         self._wiring = wiring or Wiring()
+        self._metrics_dir = metrics_dir
+        self._metrics_server: asyncio.Server | None = None
+        self._metrics_export: MultiprocessExport | None = None
         self._servers: list[grpc.aio.Server] = []
         self._health = HealthServicer()
         self._parts: Parts | None = None
+        self._tracer_provider = self._wiring.tracer_provider()
         self.port = 0
         self.admin_port = 0
         """The port serving ``KeyAdmin``: ``port`` unless ``--admin-listen`` is set."""
+        self.metrics_port = 0
+        """The port serving ``/metrics`` in this process, if one does."""
 
     @property
     def settings(self) -> Settings:
@@ -222,6 +257,8 @@ class ApiKeysServer:
             try:
                 for server in servers:
                     await server.start()
+                if parts.metrics is not None:
+                    await self._export_metrics(parts.metrics)
             except BaseException:
                 await asyncio.gather(*(server.stop(None) for server in servers))
                 raise
@@ -245,6 +282,21 @@ class ApiKeysServer:
                 "pid": os.getpid(),
             },
         )
+
+    async def _export_metrics(self, metrics: ServiceMetrics) -> None:
+        if self._metrics_dir is not None:
+            self._metrics_export = MultiprocessExport(metrics, self._metrics_dir)
+            self._metrics_export.start()
+            return
+        address = self.settings.metrics_listen
+        assert address is not None
+        host, port = split_address(address)
+        try:
+            server = await serve_metrics(render_registry(metrics.registry()), host=host, port=port)
+        except OSError as exc:
+            raise SettingsError("--metrics-listen", f"cannot bind {address}") from exc
+        self._metrics_server = server
+        self.metrics_port = server.sockets[0].getsockname()[1]
 
     def _bound_servers(self, parts: Parts) -> list[grpc.aio.Server]:
         """The main server, and the admin server when ``--admin-listen``
@@ -281,19 +333,25 @@ class ApiKeysServer:
         settings = self._prepared.settings
         assert settings.hmac_secret is not None and settings.encryption_keys is not None
         hasher = KeyHasher(settings.hmac_secret.reveal())
+        authorizer = Authorizer(
+            keys=cache,
+            hasher=hasher,
+            routes=self._prepared.routes,
+            usage=usage,
+            store_timeout=settings.store_timeout,
+        )
+        metrics = None
+        if settings.metrics_listen is not None:
+            metrics = ServiceMetrics(cache=cache, follower=follower)
         return Parts(
             store=store,
             cache=cache,
             follower=follower,
             usage=usage,
             write_health=write_health,
-            authorizer=Authorizer(
-                keys=cache,
-                hasher=hasher,
-                routes=self._prepared.routes,
-                usage=usage,
-                store_timeout=settings.store_timeout,
-            ),
+            authorizer=authorizer,
+            checks=authorizer if metrics is None else CountedChecks(authorizer, metrics.checks),
+            metrics=metrics,
             administration=KeyAdministration(
                 store=cache,
                 hasher=hasher,
@@ -306,20 +364,30 @@ class ApiKeysServer:
         settings = self._prepared.settings
         wiring = self._wiring
         limits = TransportLimits.from_settings(settings)
+        # Tracing first: a call refused by authentication is a span too.
+        tracing = (
+            () if self._tracer_provider is None else (TracingInterceptor(self._tracer_provider),)
+        )
         server = grpc.aio.server(
-            interceptors=wiring.interceptors(self._prepared.verifier),
+            interceptors=(*tracing, *wiring.interceptors(self._prepared.verifier)),
             options=[
                 ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 *limits.channel_options(),
             ],
         )
         registry = ServiceRegistry(
-            CallAdmission(limits.max_concurrent_rpcs, request_timeout=limits.request_timeout)
+            CallAdmission(limits.max_concurrent_rpcs, request_timeout=limits.request_timeout),
+            timer=None if parts.metrics is None else parts.metrics.calls,
         )
         if KEY_ADMIN_SERVICE in served:
             registry.add_service(server, KEY_ADMIN, wiring.key_admin_servicer(parts.administration))
         if AUTHORIZE_SERVICE in served:
-            registry.add_service(server, AUTHORIZE, wiring.authorize_servicer(parts.authorizer))
+            registry.add_service(server, AUTHORIZE, wiring.authorize_servicer(parts.checks))
+            registry.add_service(
+                server,
+                ENVOY_AUTHORIZATION,
+                wiring.envoy_authorization_servicer(parts.checks),
+            )
         registry.add_service(server, HEALTH, self._health)
         # Reflection is an admin tool: with a separate admin port it stays
         # there, out of reach of every caller of Check.
@@ -327,7 +395,14 @@ class ApiKeysServer:
             registry.add_service(
                 server,
                 REFLECTION,
-                ReflectionServicer((*served, HEALTH.full_name, REFLECTION.full_name)),
+                ReflectionServicer(
+                    (
+                        *served,
+                        *((ENVOY_AUTHORIZATION.full_name,) if AUTHORIZE_SERVICE in served else ()),
+                        HEALTH.full_name,
+                        REFLECTION.full_name,
+                    )
+                ),
             )
         return server
 
@@ -353,11 +428,20 @@ class ApiKeysServer:
         await self._health.enter_graceful_shutdown()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers = []
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        if self._metrics_export is not None:
+            await self._metrics_export.stop()
+            self._metrics_export = None
         try:
             await parts.usage.stop()
         finally:
             await parts.follower.stop()
             await parts.cache.close()
+            if self._tracer_provider is not None:
+                # Sends the spans still buffered.
+                self._tracer_provider.shutdown()
         log.info("stopped")
 
 
@@ -367,9 +451,12 @@ def _tls_mode(certificates: ServerCertificates | None) -> str:
     return "mutual" if certificates.mutual else "on"
 
 
-async def serve(settings: Settings, wiring: Wiring | None = None) -> None:
-    """Runs the server until SIGTERM or SIGINT, then stops it gracefully."""
-    server = ApiKeysServer(prepare(settings), wiring=wiring)
+async def serve(
+    settings: Settings, wiring: Wiring | None = None, *, metrics_dir: Path | None = None
+) -> None:
+    """Runs the server until SIGTERM or SIGINT, then stops it gracefully
+    (``metrics_dir``: see ``ApiKeysServer``)."""
+    server = ApiKeysServer(prepare(settings), wiring=wiring, metrics_dir=metrics_dir)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -58,6 +58,10 @@ class CachedKeyStore:
         # Bumped when created keys' hashes stop being unknown: a lookup that
         # started before must not store "unknown", but what it found stands.
         self._unknown_generation = 0
+        self.hits = 0
+        """Lookups answered from memory (the key, or that it is unknown)."""
+        self.misses = 0
+        """Lookups that went to the store (or joined one under way)."""
 
     @property
     def store(self) -> KeyStore:
@@ -72,9 +76,11 @@ class CachedKeyStore:
         nothing about the store (ask ``find_by_lookup_hash``)."""
         # One TTL-checked lookup (``get`` would make two).
         try:
-            return self._found[lookup_hash]
+            record = self._found[lookup_hash]
         except KeyError:
             return None
+        self.hits += 1
+        return record
 
     async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
         """The key from memory, or from the store on a miss (shared by
@@ -83,7 +89,9 @@ class CachedKeyStore:
         if record is not None:
             return record
         if lookup_hash in self._unknown:
+            self.hits += 1
             return None
+        self.misses += 1
         lookup = self._inflight.get(lookup_hash)
         if lookup is None:
             # The query runs in a task of the cache's own, not in the first

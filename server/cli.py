@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import Wiring, prepare, serve
 from server.domain.errors import StoreUnavailable
 from server.logs import configure_logging
+from server.metrics import MetricsProcess
 from server.settings import (
     Settings,
     SettingsError,
@@ -65,8 +66,12 @@ def main(
     return _guarded(lambda: _serve(settings, wiring))
 
 
-def _serve(settings: Settings, wiring: Wiring | None) -> int:
-    _run(settings, lambda: serve(settings, wiring))
+def _serve(settings: Settings, wiring: Wiring | None, metrics: MetricsProcess | None = None) -> int:
+    metrics_dir = None
+    if metrics is not None:
+        metrics.leave_to_the_metrics_process()
+        metrics_dir = metrics.directory
+    _run(settings, lambda: serve(settings, wiring, metrics_dir=metrics_dir))
     return 0
 
 
@@ -83,11 +88,22 @@ def _serve_workers(settings: Settings, wiring: Wiring | None) -> int:
         # event loop this takes is closed again before the first fork.
         prepare(settings)
         _migrate(settings)
-        return supervise(
-            settings.workers,
-            lambda: _guarded(lambda: _serve(settings, wiring)),
-            stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
-        )
+        if settings.metrics_listen is None:
+            return supervise(
+                settings.workers,
+                lambda: _guarded(lambda: _serve(settings, wiring)),
+                stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
+            )
+        # Forked before the workers, so that the supervisor never runs a
+        # thread or event loop of its own for the metrics.
+        with contextlib.closing(MetricsProcess(settings.metrics_listen)) as metrics:
+            metrics.start()
+            return supervise(
+                settings.workers,
+                lambda: _guarded(lambda: _serve(settings, wiring, metrics)),
+                stop_timeout=settings.shutdown_grace + WORKER_STOP_ALLOWANCE_S,
+                on_exit=metrics.worker_exited,
+            )
 
 
 def _reserved_ports(settings: Settings) -> PortReservation:

@@ -104,6 +104,7 @@ class ChangeFollower:
         self._syncing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._position: FeedPosition | None = None
+        self._read_at: float | None = None
 
     async def start(self) -> None:
         """Finds the feed's position, then follows it in the background.
@@ -132,7 +133,17 @@ class ChangeFollower:
         Raises ``StoreUnavailable`` when the feed cannot be read.
         """
         async with self._syncing:
+            started = asyncio.get_running_loop().time()
             await self._sync()
+            self._read_at = started
+
+    def lag(self) -> float:
+        """Seconds since the start of the last complete read of the feed
+        (0 before the first): how old a change may be that this process has
+        not applied yet."""
+        if self._read_at is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._read_at
 
     async def _sync(self) -> None:
         if self._position is None:

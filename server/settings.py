@@ -389,6 +389,13 @@ class Settings:
         default="5",
         help="seconds in-flight calls get on SIGTERM",
     )
+    metrics_listen: str | None = option(
+        parse=_listen_address,
+        unset=None,
+        shown_default="off",
+        help="host:port serving Prometheus metrics at `/metrics` (one endpoint for all "
+        "`--workers`, served by a process of its own)",
+    )
     workers: int = option(
         parse=_whole_number_at_least(1),
         default="1",

@@ -138,9 +138,12 @@ def _ipv6_available() -> bool:
 
 
 class _Supervisor:
-    def __init__(self, count: int, worker: Callable[[], int]) -> None:
+    def __init__(
+        self, count: int, worker: Callable[[], int], on_exit: Callable[[int], None]
+    ) -> None:
         self._count = count
         self._worker = worker
+        self._on_exit = on_exit
         self._running: dict[int, int] = {}  # pid -> slot
         self._started: dict[int, float] = {}  # slot -> monotonic start
         self._delays: dict[int, float] = {}  # slot -> next restart delay
@@ -190,9 +193,7 @@ class _Supervisor:
         self._running.clear()
 
     def _start(self, slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            _run_child(self._worker)
+        pid = fork(self._worker)
         self._running[pid] = slot
         self._started[slot] = time.monotonic()
         log.info("worker started", extra={"pid": pid, "worker": slot})
@@ -206,6 +207,7 @@ class _Supervisor:
                 break
             slot = self._running.pop(pid, None)
             if slot is not None:
+                self._on_exit(pid)
                 exited.append((pid, slot, os.waitstatus_to_exitcode(status)))
         return exited
 
@@ -230,13 +232,20 @@ class _Supervisor:
         return True
 
 
-def supervise(count: int, worker: Callable[[], int], *, stop_timeout: float) -> int:
+def supervise(
+    count: int,
+    worker: Callable[[], int],
+    *,
+    stop_timeout: float,
+    on_exit: Callable[[int], None] = lambda _pid: None,
+) -> int:
     """Runs ``worker`` in ``count`` forked processes until SIGTERM or SIGINT,
-    restarting any that exits; returns the exit status for the parent."""
+    restarting any that exits (``on_exit`` is told its pid); returns the
+    exit status for the parent."""
     # Blocked rather than handled: the loop takes them with sigwaitinfo, so
     # none can arrive between checking for one and waiting for the next.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
-    supervisor = _Supervisor(count, worker)
+    supervisor = _Supervisor(count, worker, on_exit)
     try:
         supervisor.start_all()
         signum = supervisor.run()
@@ -245,6 +254,14 @@ def supervise(count: int, worker: Callable[[], int], *, stop_timeout: float) -> 
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return supervisor.status
+
+
+def fork(run: Callable[[], int]) -> int:
+    """Runs ``run`` in a forked process; returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        _run_child(run)
+    return pid
 
 
 def _run_child(worker: Callable[[], int]) -> NoReturn:

@@ -9,7 +9,7 @@ import grpc
 
 from server.api import convert
 from server.api.errors import abort
-from server.domain.authorize import Authorizer
+from server.domain.authorize import Checks
 from server.domain.decisions import Decision
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.memo import IdentityMemo
@@ -25,8 +25,8 @@ MEMO_LIMIT = 4096
 class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
     """Answers ``Check`` and ``CheckBatch``."""
 
-    def __init__(self, authorizer: Authorizer) -> None:
-        self._check = authorizer.check
+    def __init__(self, checks: Checks) -> None:
+        self._check = checks.check
         # The authorizer hands out the same Decision object for repeated
         # checks (constant denials, memoised allows), and a response is
         # derived from its decision alone, so the message built for it can be

@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 
 from server.api.admission import CallAdmission
 from server.api.errors import OVERLOADED, REQUEST_TOO_SLOW, REQUEST_UNPARSEABLE
+from server.metrics import CallTimer
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,17 @@ class LogBudget:
 class ServiceRegistry:
     """Puts services on a server with admission and parsing of their own."""
 
-    def __init__(self, admission: CallAdmission, budget: LogBudget | None = None) -> None:
+    def __init__(
+        self,
+        admission: CallAdmission,
+        budget: LogBudget | None = None,
+        *,
+        timer: CallTimer | None = None,
+    ) -> None:
+        """``timer``, when given, records every call of every method."""
         self._admission = admission
         self._budget = budget or LogBudget(LOG_INTERVAL)
+        self._timer = timer
 
     def add_service(self, server: grpc.aio.Server, service: Any, servicer: Any) -> None:
         """Serves every method of ``service`` (a protobuf ``ServiceDescriptor``;
@@ -90,16 +99,17 @@ class ServiceRegistry:
         parse = self._deserializer(method)
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         if method.server_streaming:
-            return grpc.stream_stream_rpc_method_handler(
-                self._streaming_answer(behavior, method.client_streaming),
-                request_deserializer=parse,
-                response_serializer=serialize,
-            )
-        return grpc.stream_unary_rpc_method_handler(
-            self._unary_answer(behavior, method.client_streaming),
-            request_deserializer=parse,
-            response_serializer=serialize,
+            answer = self._streaming_answer(behavior, method.client_streaming)
+        else:
+            answer = self._unary_answer(behavior, method.client_streaming)
+        if self._timer is not None:
+            answer = self._timer.timed(method.containing_service.full_name, method.name, answer)
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.stream_unary_rpc_method_handler
         )
+        return make(answer, request_deserializer=parse, response_serializer=serialize)
 
     def _unary_answer(self, behavior: Behavior, streamed_requests: bool) -> Behavior:
         admission = self._admission

@@ -13,6 +13,7 @@ than guess.
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument, StoreUnavailable
@@ -25,6 +26,22 @@ from server.domain.store import KeyLookup
 from server.domain.usage import UsageRecorder
 
 _MEMO_LIMIT = 4096
+
+
+class Checks(Protocol):
+    """What answers checks: the ``Authorizer``, or a wrapper around it."""
+
+    async def check(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        client_ip: str = "",
+        time_left: float | None = None,
+    ) -> Decision:
+        """Decides one check (see ``Authorizer.check``)."""
+        ...
 
 
 class Authorizer:
@@ -65,12 +82,20 @@ class Authorizer:
         }
 
     async def check(
-        self, key: str, method: str, path: str, *, time_left: float | None = None
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        client_ip: str = "",
+        time_left: float | None = None,
     ) -> Decision:
         """Decides one check. Raises ``InvalidArgument`` for an empty method
         or path and ``StoreUnavailable`` when the key cannot be looked up
         within the store timeout or ``time_left`` (the seconds left until
-        the caller's deadline, if it has one), whichever ends first."""
+        the caller's deadline, if it has one), whichever ends first.
+        ``client_ip`` is the address the request came from, which no key
+        is limited by yet."""
         if not method or not path:
             violations = []
             if not method:

