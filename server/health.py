@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from grpc_health.v1 import health_pb2
@@ -42,9 +43,17 @@ class WriteHealth:
     """
 
     def __init__(
-        self, store: WriteProbe, health: HealthServicer, *, service: str, interval: float
+        self,
+        store: WriteProbe,
+        health: HealthServicer,
+        *,
+        service: str,
+        interval: float,
+        pause: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
+        """``pause`` waits between probes (tests step it instead of sleeping)."""
         self._store = store
+        self._pause = pause
         self._health = health
         self._service = service
         self._interval = interval
@@ -88,7 +97,7 @@ class WriteHealth:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            await self._pause(self._interval)
             await self.probe()
 
     async def _report(self, failure: str) -> None:

@@ -38,12 +38,26 @@ async def reported(health: HealthServicer) -> int:
     return int(response.status)
 
 
-async def eventually(health: HealthServicer, wanted: int) -> None:
-    for _ in range(200):
-        if await reported(health) == wanted:
-            return
-        await asyncio.sleep(INTERVAL_S / 2)
-    raise AssertionError(f"{SERVICE} never reported {wanted}")
+class SteppedPauses:
+    """The pause between probes, ended by the test instead of by time."""
+
+    def __init__(self) -> None:
+        self._pauses: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+        self.current: asyncio.Future[None] | None = None
+
+    async def __call__(self, seconds: float) -> None:
+        assert seconds == INTERVAL_S
+        pause = asyncio.get_running_loop().create_future()
+        self._pauses.put_nowait(pause)
+        await pause
+
+    async def end_one(self) -> None:
+        """Ends the loop's pause and waits until, its probe done, the loop
+        pauses again."""
+        if self.current is None:
+            self.current = await asyncio.wait_for(self._pauses.get(), 5)
+        self.current.set_result(None)
+        self.current = await asyncio.wait_for(self._pauses.get(), 5)
 
 
 async def monitored() -> tuple[ScriptedStore, HealthServicer, WriteHealth]:
@@ -79,15 +93,20 @@ async def test_a_hung_probe_fails_and_is_waited_for_instead_of_repeated() -> Non
 
 
 async def test_probing_runs_by_itself_until_stopped() -> None:
-    store, health, write_health = await monitored()
+    store, health = ScriptedStore(), HealthServicer()
+    await health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    pauses = SteppedPauses()
+    write_health = WriteHealth(store, health, service=SERVICE, interval=INTERVAL_S, pause=pauses)
     store.failing = True
     write_health.start()
     try:
-        await eventually(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await pauses.end_one()
+        assert await reported(health) == health_pb2.HealthCheckResponse.NOT_SERVING
         store.failing = False
-        await eventually(health, health_pb2.HealthCheckResponse.SERVING)
+        await pauses.end_one()
+        assert await reported(health) == health_pb2.HealthCheckResponse.SERVING
     finally:
         await write_health.stop()
-    probes = store.probes
-    await asyncio.sleep(3 * INTERVAL_S)
-    assert store.probes == probes >= 2
+    assert store.probes == 2
+    # Stopped in its pause: nothing is left to end it and probe again.
+    assert pauses.current is not None and pauses.current.cancelled()
