@@ -129,9 +129,11 @@ class ScopeInfo(_message.Message):
     name: _builtins.str
     """Scope name, e.g. "campaigns.read"."""
     domain: _builtins.str
-    """Product area the scope belongs to, e.g. "campaigns"."""
+    """Display name of the product area the scope belongs to, e.g. "Campaigns"
+    or "Contact Center".
+    """
     description: _builtins.str
-    """What the scope allows, for display in admin tooling."""
+    """The published definition of what the scope allows, shown to admins."""
     def __init__(
         self,
         *,
