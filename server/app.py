@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 import grpc
@@ -95,6 +96,8 @@ class Wiring:
     interceptors: Callable[[AdminTokenVerifier], Sequence[grpc.aio.ServerInterceptor]] = field(
         default=admin_interceptors
     )
+    # The wall clock by which keys expire and rolled secrets stop.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -293,12 +296,14 @@ class ApiKeysServer:
                 routes=self._prepared.routes,
                 usage=usage,
                 store_timeout=settings.store_timeout,
+                clock=self._wiring.clock,
             ),
             administration=KeyAdministration(
                 store=cache,
                 hasher=hasher,
                 cipher=KeyCipher(settings.encryption_keys.reveal()),
                 page_tokens=PageTokens(settings.hmac_secret.reveal()),
+                clock=self._wiring.clock,
             ),
         )
 

@@ -48,7 +48,7 @@ async def test_migrating_a_fresh_database_creates_the_schema(database_url: str) 
     tables, revision, differences = await _inspect(database_url)
 
     assert tables == TABLES
-    assert revision == "0004"
+    assert revision == "0005"
     assert differences == []
 
 
@@ -66,11 +66,11 @@ async def test_migrating_again_changes_nothing(database_url: str, make_key: KeyF
     finally:
         await store.close()
     tables, revision, _ = await _inspect(database_url)
-    assert (tables, revision) == (TABLES, "0004")
+    assert (tables, revision) == (TABLES, "0005")
 
 
 async def test_replicas_migrating_at_once_all_succeed(database_url: str) -> None:
     await asyncio.gather(*(migrate(database_url) for _ in range(4)))
 
     tables, revision, _ = await _inspect(database_url)
-    assert (tables, revision) == (TABLES, "0004")
+    assert (tables, revision) == (TABLES, "0005")
