@@ -108,9 +108,10 @@ async def open_store(database_url: str, *, migrate: bool = True) -> SqlKeyStore:
     return SqlKeyStore(engine)
 
 
-async def migrate(database_url: str) -> None:
+async def migrate(database_url: str, *, revision: str = "head") -> None:
     """Bring the database at ``database_url`` to the latest schema (Alembic
-    ``upgrade head``). Safe to run again, and from several replicas at once.
+    ``upgrade head``), or to an earlier ``revision`` (to stage a rollout).
+    Safe to run again, and from several replicas at once.
 
     Raises ``ValueError`` for a malformed or unsupported URL and
     ``StoreUnavailable`` when the database cannot be reached.
@@ -118,7 +119,7 @@ async def migrate(database_url: str) -> None:
     with _unavailable_on_error("migrate"):
         engine = await create_engine(database_url)
     try:
-        await _upgrade(engine)
+        await _upgrade(engine, revision)
     finally:
         await engine.dispose()
 
@@ -736,20 +737,20 @@ def _unavailable_on_error(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"the key store could not complete {operation}") from exc
 
 
-async def _upgrade(engine: AsyncEngine) -> None:
+async def _upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     with _unavailable_on_error("migrate"):
         async with writer(engine).begin() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
-            await conn.run_sync(_run_alembic)
+            await conn.run_sync(_run_alembic, revision)
 
 
-def _run_alembic(connection: Connection) -> None:
+def _run_alembic(connection: Connection, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", _MIGRATIONS)
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def _first_line(exc: BaseException) -> str:
