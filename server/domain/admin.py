@@ -8,7 +8,6 @@ existed.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -73,6 +72,16 @@ class AuditListing:
 
     events: tuple[AuditRecord, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _IssuedSecret:
+    """What the store keeps of a new secret: never the secret itself."""
+
+    lookup_hash: bytes
+    last4: str
+    secret_ciphertext: bytes
+    encryption_key_id: str
 
 
 class KeyAdministration:
@@ -291,7 +300,13 @@ class KeyAdministration:
         for _attempt in range(3):
             secret, issued = self._issue(key_id)
             now = self._clock()
-            roll = dataclasses.replace(issued, previous_expire_time=now + overlap)
+            roll = Roll(
+                lookup_hash=issued.lookup_hash,
+                last4=issued.last4,
+                secret_ciphertext=issued.secret_ciphertext,
+                encryption_key_id=issued.encryption_key_id,
+                previous_expire_time=now + overlap,
+            )
             try:
                 result = await self._store.roll_key(
                     actor.contact_center_id, key_id, roll, actor_id=actor.actor_id, time=now
@@ -303,19 +318,17 @@ class KeyAdministration:
             return result[1], secret
         raise KeyCollision("could not generate an unused key")
 
-    def _issue(self, key_id: str) -> tuple[str, Roll]:
-        """A new secret for ``key_id`` and what the store keeps of it (the
-        overlap end is filled in by a roll)."""
+    def _issue(self, key_id: str) -> tuple[str, _IssuedSecret]:
+        """A new secret for ``key_id`` and what the store keeps of it."""
         secret = generate_key()
         encryption_key_id, ciphertext = self._cipher.encrypt(
             secret, associated_data=key_id.encode()
         )
-        return secret, Roll(
+        return secret, _IssuedSecret(
             lookup_hash=self._hasher.lookup_hash(secret),
             last4=last4(secret),
             secret_ciphertext=ciphertext,
             encryption_key_id=encryption_key_id,
-            previous_expire_time=_EPOCH,
         )
 
     def _expire_time(
