@@ -290,12 +290,10 @@ class SqlKeyStore(KeyStore, ChangeFeed):
         expiry_changed = not isinstance(changes.expire_time, Unchanged)
         cidrs_changed = changes.allowed_cidrs is not None
         async with self._write("update_key") as conn:
-            row = await self._locked_key(conn, contact_center_id, key_id)
-            if row is None:
+            changed = await self._change_key(conn, contact_center_id, key_id, values)
+            if changed is None:
                 return None
-            before = _key_record(row)
-            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
-            after = _key_record({**row, **values})
+            before, after = changed
             await conn.execute(
                 insert(audit_events),
                 _audit_row(
@@ -337,12 +335,10 @@ class SqlKeyStore(KeyStore, ChangeFeed):
             else (AuditAction.ENABLED, ChangeKind.ENABLED)
         )
         async with self._write("set_key_disabled") as conn:
-            row = await self._locked_key(conn, contact_center_id, key_id)
-            if row is None:
+            changed = await self._change_key(conn, contact_center_id, key_id, values)
+            if changed is None:
                 return None
-            before = _key_record(row)
-            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
-            after = _key_record({**row, **values})
+            before, after = changed
             await conn.execute(
                 insert(audit_events), _audit_row(action, after, actor_id=actor_id, time=time)
             )
@@ -661,6 +657,21 @@ class SqlKeyStore(KeyStore, ChangeFeed):
             .with_for_update()
         )
         return result.mappings().first()
+
+    async def _change_key(
+        self,
+        conn: AsyncConnection,
+        contact_center_id: str,
+        key_id: str,
+        values: Mapping[str, Any],
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Lock the key's row and set ``values`` on it; (before, after), or
+        ``None`` if no such key."""
+        row = await self._locked_key(conn, contact_center_id, key_id)
+        if row is None:
+            return None
+        await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
+        return _key_record(row), _key_record({**row, **values})
 
     async def _record_changes(
         self, conn: AsyncConnection, lookup_hashes: Sequence[bytes], kind: ChangeKind
