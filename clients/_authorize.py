@@ -49,6 +49,9 @@ class Reason(enum.StrEnum):
     KEY_NOT_FOUND = "REASON_KEY_NOT_FOUND"
     SCOPE_MISSING = "REASON_SCOPE_MISSING"
     ROUTE_NOT_FOUND = "REASON_ROUTE_NOT_FOUND"
+    KEY_DISABLED = "REASON_KEY_DISABLED"
+    KEY_EXPIRED = "REASON_KEY_EXPIRED"
+    IP_NOT_ALLOWED = "REASON_IP_NOT_ALLOWED"
 
     @classmethod
     def from_proto(cls, value: int) -> Reason:
@@ -107,8 +110,12 @@ def key_from_authorization(value: str) -> str:
     return value
 
 
-def _check_request(key: str, method: str, path: str) -> authorize_pb2.CheckRequest:
-    return authorize_pb2.CheckRequest(key=key_from_authorization(key), method=method, path=path)
+def _check_request(
+    key: str, method: str, path: str, client_ip: str = ""
+) -> authorize_pb2.CheckRequest:
+    return authorize_pb2.CheckRequest(
+        key=key_from_authorization(key), method=method, path=path, client_ip=client_ip
+    )
 
 
 def _batches(items: Sequence[CheckItem]) -> list[authorize_pb2.CheckBatchRequest]:
@@ -143,9 +150,19 @@ class AuthorizeClient(ChannelClient):
         super().__init__(options, default_timeout=DEFAULT_CHECK_TIMEOUT)
         self._stub = authorize_pb2_grpc.AuthorizeStub(self._channel)
 
-    def check(self, key: str, method: str, path: str, *, timeout: float | None = None) -> Decision:
-        """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method`` ``path``."""
-        request = _check_request(key, method, path)
+    def check(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        client_ip: str = "",
+        timeout: float | None = None,
+    ) -> Decision:
+        """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method``
+        ``path`` from ``client_ip`` (the caller's address, for keys limited to
+        networks)."""
+        request = _check_request(key, method, path, client_ip)
         return Decision.from_proto(self._call(self._stub.Check, request, timeout))
 
     def check_many(
@@ -189,10 +206,11 @@ class AsyncAuthorizeClient(AsyncChannelClient):
         method: str,
         path: str,
         *,
+        client_ip: str = "",
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
-        """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method`` ``path``."""
-        request = _check_request(key, method, path)
+        """The awaitable form of :meth:`AuthorizeClient.check`."""
+        request = _check_request(key, method, path, client_ip)
         return Decision.from_proto(await self._call(self._stub.Check, request, timeout))
 
     async def check_many(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
 from clients._channel import AsyncChannelClient, ChannelClient, ChannelOptions, RetryPolicy
 from voiso.apikeys.v1 import api_key_pb2, key_admin_pb2, key_admin_pb2_grpc
@@ -48,11 +49,54 @@ def _list_audit_events_request(
     )
 
 
+def _create_request(
+    name: str,
+    description: str,
+    scopes: Sequence[str],
+    expire_time: datetime | None,
+    allowed_cidrs: Sequence[str],
+) -> key_admin_pb2.CreateKeyRequest:
+    request = key_admin_pb2.CreateKeyRequest(
+        name=name, description=description, scopes=scopes, allowed_cidrs=allowed_cidrs
+    )
+    if expire_time is not None:
+        request.expire_time.FromDatetime(_aware(expire_time))
+    return request
+
+
+def _aware(moment: datetime) -> datetime:
+    # A naive datetime would be read as local time by some and UTC by others.
+    if moment.utcoffset() is None:
+        raise ValueError("expire_time must be timezone-aware")
+    return moment
+
+
+def _roll_request(key_id: str, overlap: timedelta) -> key_admin_pb2.RollKeyRequest:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(overlap)
+    return key_admin_pb2.RollKeyRequest(id=key_id, overlap=duration)
+
+
 def _update_request(
-    key_id: str, name: str | None, description: str | None, scopes: Sequence[str] | None
+    key_id: str,
+    name: str | None,
+    description: str | None,
+    scopes: Sequence[str] | None,
+    expire_time: datetime | None = None,
+    clear_expire_time: bool = False,
+    allowed_cidrs: Sequence[str] | None = None,
 ) -> key_admin_pb2.UpdateKeyRequest:
     request = key_admin_pb2.UpdateKeyRequest(id=key_id)
     paths = []
+    if expire_time is not None and clear_expire_time:
+        raise ValueError("give expire_time or clear_expire_time, not both")
+    if expire_time is not None:
+        request.expire_time.FromDatetime(_aware(expire_time))
+    if expire_time is not None or clear_expire_time:
+        paths.append("expire_time")
+    if allowed_cidrs is not None:
+        request.allowed_cidrs.extend(allowed_cidrs)
+        paths.append("allowed_cidrs")
     if name is not None:
         request.name = name
         paths.append("name")
@@ -63,8 +107,9 @@ def _update_request(
         request.scopes.extend(scopes)
         paths.append("scopes")
     if not paths:
-        # An empty mask means "all three" to the server: never send one by accident.
-        raise ValueError("update_key needs at least one of name, description, scopes")
+        # An empty mask means name, description and scopes to the server:
+        # never send one by accident.
+        raise ValueError("update_key needs at least one field to change")
     request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=paths))
     return request
 
@@ -91,10 +136,16 @@ class KeyAdminClient(ChannelClient):
         description: str = "",
         scopes: Sequence[str] = (),
         *,
+        expire_time: datetime | None = None,
+        allowed_cidrs: Sequence[str] = (),
         timeout: float | None = None,
     ) -> tuple[api_key_pb2.ApiKey, str]:
-        """Creates a key; returns it and its secret, which is shown only this once."""
-        request = key_admin_pb2.CreateKeyRequest(name=name, description=description, scopes=scopes)
+        """Creates a key; returns it and its secret, which is shown only this once.
+
+        ``expire_time`` (timezone-aware, in the future) ends the key's use;
+        ``allowed_cidrs`` limits the networks it may be used from.
+        """
+        request = _create_request(name, description, scopes, expire_time, allowed_cidrs)
         response = self._call(self._stub.CreateKey, request, timeout, retry=False)
         return response.key, response.secret
 
@@ -135,12 +186,41 @@ class KeyAdminClient(ChannelClient):
         name: str | None = None,
         description: str | None = None,
         scopes: Sequence[str] | None = None,
+        expire_time: datetime | None = None,
+        clear_expire_time: bool = False,
+        allowed_cidrs: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> api_key_pb2.ApiKey:
-        """Changes the given fields only (the update mask names exactly those); returns the key."""
-        request = _update_request(key_id, name, description, scopes)
+        """Changes the given fields only (the update mask names exactly those); returns the key.
+
+        ``clear_expire_time`` removes the expiry; an empty ``allowed_cidrs``
+        lets the key be used from any address again.
+        """
+        request = _update_request(
+            key_id, name, description, scopes, expire_time, clear_expire_time, allowed_cidrs
+        )
         response = self._call(self._stub.UpdateKey, request, timeout)
         return response.key
+
+    def disable_key(self, key_id: str, *, timeout: float | None = None) -> api_key_pb2.ApiKey:
+        """Disables a key: refused by every check, kept with its history."""
+        request = key_admin_pb2.DisableKeyRequest(id=key_id)
+        return self._call(self._stub.DisableKey, request, timeout).key
+
+    def enable_key(self, key_id: str, *, timeout: float | None = None) -> api_key_pb2.ApiKey:
+        """Enables a disabled key again."""
+        request = key_admin_pb2.EnableKeyRequest(id=key_id)
+        return self._call(self._stub.EnableKey, request, timeout).key
+
+    def roll_key(
+        self, key_id: str, *, overlap: timedelta, timeout: float | None = None
+    ) -> tuple[api_key_pb2.ApiKey, str]:
+        """Gives a key a new secret, returned this once; the old one keeps
+        working for ``overlap`` (zero: not at all). Not retried: a retry after
+        a lost answer would roll again and end the first overlap."""
+        request = _roll_request(key_id, overlap)
+        response = self._call(self._stub.RollKey, request, timeout, retry=False)
+        return response.key, response.secret
 
     def delete_key(self, key_id: str, *, timeout: float | None = None) -> None:
         """Deletes a key, revoking it at once."""
@@ -215,10 +295,16 @@ class AsyncKeyAdminClient(AsyncChannelClient):
         description: str = "",
         scopes: Sequence[str] = (),
         *,
+        expire_time: datetime | None = None,
+        allowed_cidrs: Sequence[str] = (),
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> tuple[api_key_pb2.ApiKey, str]:
-        """Creates a key; returns it and its secret, which is shown only this once."""
-        request = key_admin_pb2.CreateKeyRequest(name=name, description=description, scopes=scopes)
+        """Creates a key; returns it and its secret, which is shown only this once.
+
+        ``expire_time`` (timezone-aware, in the future) ends the key's use;
+        ``allowed_cidrs`` limits the networks it may be used from.
+        """
+        request = _create_request(name, description, scopes, expire_time, allowed_cidrs)
         response = await self._call(self._stub.CreateKey, request, timeout, retry=False)
         return response.key, response.secret
 
@@ -269,12 +355,53 @@ class AsyncKeyAdminClient(AsyncChannelClient):
         name: str | None = None,
         description: str | None = None,
         scopes: Sequence[str] | None = None,
+        expire_time: datetime | None = None,
+        clear_expire_time: bool = False,
+        allowed_cidrs: Sequence[str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> api_key_pb2.ApiKey:
-        """Changes the given fields only (the update mask names exactly those); returns the key."""
-        request = _update_request(key_id, name, description, scopes)
+        """Changes the given fields only (the update mask names exactly those); returns the key.
+
+        ``clear_expire_time`` removes the expiry; an empty ``allowed_cidrs``
+        lets the key be used from any address again.
+        """
+        request = _update_request(
+            key_id, name, description, scopes, expire_time, clear_expire_time, allowed_cidrs
+        )
         response = await self._call(self._stub.UpdateKey, request, timeout)
         return response.key
+
+    async def disable_key(
+        self,
+        key_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> api_key_pb2.ApiKey:
+        """Disables a key: refused by every check, kept with its history."""
+        request = key_admin_pb2.DisableKeyRequest(id=key_id)
+        return (await self._call(self._stub.DisableKey, request, timeout)).key
+
+    async def enable_key(
+        self,
+        key_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> api_key_pb2.ApiKey:
+        """Enables a disabled key again."""
+        request = key_admin_pb2.EnableKeyRequest(id=key_id)
+        return (await self._call(self._stub.EnableKey, request, timeout)).key
+
+    async def roll_key(
+        self,
+        key_id: str,
+        *,
+        overlap: timedelta,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[api_key_pb2.ApiKey, str]:
+        """The awaitable form of :meth:`KeyAdminClient.roll_key`."""
+        request = _roll_request(key_id, overlap)
+        response = await self._call(self._stub.RollKey, request, timeout, retry=False)
+        return response.key, response.secret
 
     async def delete_key(
         self,

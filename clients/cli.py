@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -44,6 +45,11 @@ PROG: Final = "apikeys"
 TOKEN_ENV: Final = "APIKEYS_TOKEN"  # noqa: S105 - the variable's name, not a token
 DATA_DIR_ENV: Final = "APIKEYS_DATA_DIR"
 DEFAULT_DATA_DIR: Final = "./var"
+
+# An expiry or overlap given as a length of time: "90s", "15m", "12h", "30d".
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+NEVER: Final = "never"
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -171,6 +177,22 @@ def _add_keys_commands(commands: Commands, global_options: argparse.ArgumentPars
         metavar="SCOPE",
         help="a scope the key grants; repeat for more",
     )
+    create.add_argument(
+        "--expires",
+        type=_expiry,
+        metavar="WHEN",
+        help='when the key stops working: a time ("2027-01-31T00:00:00Z") or a length '
+        'of time from now ("30d", "12h")',
+    )
+    create.add_argument(
+        "--allow-cidr",
+        dest="allowed_cidrs",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a network the key may be used from (e.g. 203.0.113.0/24); repeat for more; "
+        "none: any address",
+    )
     create.set_defaults(handler=_keys_create)
 
     listing = _command(actions, global_options, "list", summary="list keys, newest first")
@@ -195,7 +217,50 @@ def _add_keys_commands(commands: Commands, global_options: argparse.ArgumentPars
         metavar="SCOPE",
         help="the key's new scopes, replacing the old ones; repeat for more",
     )
+    update.add_argument(
+        "--expires",
+        type=_expiry_or_never,
+        metavar="WHEN",
+        help=f'a new expiry (as for create), or "{NEVER}" to remove it',
+    )
+    addresses = update.add_mutually_exclusive_group()
+    addresses.add_argument(
+        "--allow-cidr",
+        dest="allowed_cidrs",
+        action="append",
+        metavar="CIDR",
+        help="the networks the key may be used from, replacing the old ones; repeat for more",
+    )
+    addresses.add_argument(
+        "--any-address",
+        action="store_true",
+        help="remove the key's networks: usable from any address",
+    )
     update.set_defaults(handler=_keys_update)
+
+    disable = _command(actions, global_options, "disable", summary="pause a key; kept, refused")
+    disable.add_argument("key_id", metavar="ID")
+    disable.set_defaults(handler=_keys_disable)
+
+    enable = _command(actions, global_options, "enable", summary="resume a disabled key")
+    enable.add_argument("key_id", metavar="ID")
+    enable.set_defaults(handler=_keys_enable)
+
+    roll = _command(
+        actions,
+        global_options,
+        "roll",
+        summary="give a key a new secret; prints it; the old one works for the overlap",
+    )
+    roll.add_argument("key_id", metavar="ID")
+    roll.add_argument(
+        "--overlap",
+        type=_duration,
+        required=True,
+        metavar="LENGTH",
+        help='how long the old secret keeps working: "0s" (not at all) to "7d"',
+    )
+    roll.set_defaults(handler=_keys_roll)
 
     delete = _command(actions, global_options, "delete", summary="delete (revoke) a key at once")
     delete.add_argument("key_id", metavar="ID")
@@ -232,6 +297,9 @@ def _add_check_command(commands: Commands, global_options: argparse.ArgumentPars
     )
     check.add_argument("method", metavar="METHOD", help="HTTP method, e.g. GET")
     check.add_argument("path", metavar="PATH", help="request path, e.g. /api/v4/campaigns")
+    check.add_argument(
+        "--client-ip", default="", metavar="ADDRESS", help="the caller's IPv4 or IPv6 address"
+    )
     check.set_defaults(handler=_check)
 
 
@@ -305,7 +373,13 @@ COMMANDS: Final[tuple[Callable[[Commands, argparse.ArgumentParser], None], ...]]
 
 def _keys_create(args: argparse.Namespace) -> int:
     with _admin_client(args) as admin:
-        key, secret = admin.create_key(args.name, args.description, args.scopes)
+        key, secret = admin.create_key(
+            args.name,
+            args.description,
+            args.scopes,
+            expire_time=args.expires,
+            allowed_cidrs=args.allowed_cidrs,
+        )
     if args.json:
         _print_json({"key": _message_dict(key), "secret": secret})
         return 0
@@ -338,12 +412,13 @@ def _keys_list(args: argparse.Namespace) -> int:
         _print_json(document)
         return 0
     _print_table(
-        ["ID", "NAME", "KEY", "SCOPES", "CREATED", "LAST USED"],
+        ["ID", "NAME", "KEY", "STATE", "SCOPES", "CREATED", "LAST USED"],
         (
             [
                 key.id,
                 key.name,
                 key.masked_key,
+                _state(key),
                 ",".join(key.scopes),
                 _time(key.create_time),
                 _time(key.last_used_time) if key.HasField("last_used_time") else "never",
@@ -367,13 +442,55 @@ def _keys_get(args: argparse.Namespace) -> int:
 
 
 def _keys_update(args: argparse.Namespace) -> int:
-    if args.name is None and args.description is None and args.scopes is None:
-        raise UsageError("keys update: give --name, --description or --scope")
+    allowed_cidrs = [] if args.any_address else args.allowed_cidrs
+    changes = (args.name, args.description, args.scopes, args.expires, allowed_cidrs)
+    if all(change is None for change in changes):
+        raise UsageError(
+            "keys update: give --name, --description, --scope, --expires, --allow-cidr "
+            "or --any-address"
+        )
     with _admin_client(args) as admin:
         key = admin.update_key(
-            args.key_id, name=args.name, description=args.description, scopes=args.scopes
+            args.key_id,
+            name=args.name,
+            description=args.description,
+            scopes=args.scopes,
+            expire_time=None if args.expires == NEVER else args.expires,
+            clear_expire_time=args.expires == NEVER,
+            allowed_cidrs=allowed_cidrs,
         )
     _print_key(key, args)
+    return 0
+
+
+def _keys_disable(args: argparse.Namespace) -> int:
+    with _admin_client(args) as admin:
+        key = admin.disable_key(args.key_id)
+    _print_key(key, args)
+    return 0
+
+
+def _keys_enable(args: argparse.Namespace) -> int:
+    with _admin_client(args) as admin:
+        key = admin.enable_key(args.key_id)
+    _print_key(key, args)
+    return 0
+
+
+def _keys_roll(args: argparse.Namespace) -> int:
+    with _admin_client(args) as admin:
+        key, secret = admin.roll_key(args.key_id, overlap=args.overlap)
+    if args.json:
+        _print_json({"key": _message_dict(key), "secret": secret})
+        return 0
+    if args.overlap:
+        print(f"Rolled key {key.id} ({key.name}); its old secret works for {args.overlap} more.")
+    else:
+        print(f"Rolled key {key.id} ({key.name}); its old secret no longer works.")
+    print("The new secret is shown only now; store it safely:")
+    print()
+    print(f"    {secret}")
+    print()
     return 0
 
 
@@ -445,7 +562,7 @@ def _audit(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     key = sys.stdin.readline().strip() if args.key == "-" else args.key
     with AuthorizeClient(_channel_options(args)) as authorize:
-        decision = authorize.check(key, args.method, args.path)
+        decision = authorize.check(key, args.method, args.path, client_ip=args.client_ip)
     if args.json:
         _print_json(_decision_dict(decision))
     else:
@@ -572,6 +689,9 @@ def _print_key(key: api_key_pb2.ApiKey, args: argparse.Namespace) -> None:
             ("description", key.description or "-"),
             ("scopes", ", ".join(key.scopes)),
             ("key", key.masked_key),
+            ("state", _state(key)),
+            ("expires", _time(key.expire_time) if key.HasField("expire_time") else "never"),
+            ("allowed from", ", ".join(key.allowed_cidrs) or "any address"),
             ("created", f"{_time(key.create_time)} by {key.created_by or '-'}"),
             ("updated", _time(key.update_time)),
             (
@@ -606,16 +726,56 @@ def _time(timestamp: Timestamp) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _state(key: api_key_pb2.ApiKey) -> str:
+    return api_key_pb2.ApiKey.State.Name(key.state).removeprefix("STATE_").lower()
+
+
 def _changes(event: api_key_pb2.AuditEvent) -> str:
     changes = []
     for field, old, new in (
         ("name", event.old_name, event.new_name),
         ("description", event.old_description, event.new_description),
         ("scopes", ",".join(event.old_scopes), ",".join(event.new_scopes)),
+        (
+            "expires",
+            _optional_time(event, "old_expire_time"),
+            _optional_time(event, "new_expire_time"),
+        ),
+        ("allowed from", ",".join(event.old_allowed_cidrs), ",".join(event.new_allowed_cidrs)),
     ):
         if old != new:
             changes.append(f"{field}: {old or '-'} -> {new or '-'}")
+    if event.HasField("previous_secret_expire_time"):
+        changes.append(f"old secret works until {_time(event.previous_secret_expire_time)}")
     return "; ".join(changes)
+
+
+def _optional_time(message: Message, field: str) -> str:
+    return _time(getattr(message, field)) if message.HasField(field) else ""
+
+
+def _duration(text: str) -> datetime.timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError('a length of time such as "90s", "15m", "12h" or "30d"')
+    return datetime.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+
+
+def _expiry(text: str) -> datetime.datetime:
+    if _DURATION.fullmatch(text.strip()):
+        return datetime.datetime.now(datetime.UTC) + _duration(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            'a time such as "2027-01-31T00:00:00Z" or a length of time such as "30d"'
+        ) from None
+    # A time without a zone is UTC, as every time this command prints.
+    return moment if moment.utcoffset() is not None else moment.replace(tzinfo=datetime.UTC)
+
+
+def _expiry_or_never(text: str) -> datetime.datetime | str:
+    return NEVER if text.strip() == NEVER else _expiry(text)
 
 
 if __name__ == "__main__":

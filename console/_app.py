@@ -118,6 +118,7 @@ class Console:
         )
         environment.filters["time"] = _format_time
         environment.filters["action"] = _audit_action
+        environment.filters["state"] = _key_state
         environment.filters["changes"] = _audit_changes
         environment.globals.update(
             csrf_field=CSRF_FIELD,
@@ -517,6 +518,11 @@ def _grouped(catalog: Sequence[api_key_pb2.ScopeInfo]) -> list[ScopeGroup]:
 
 def _format_time(timestamp: Timestamp) -> str:
     return timestamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _key_state(key: api_key_pb2.ApiKey) -> str:
+    name = api_key_pb2.ApiKey.State.Name(key.state)
+    return name.removeprefix("STATE_").capitalize()
 
 
 def _audit_action(event: api_key_pb2.AuditEvent) -> str:

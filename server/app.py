@@ -17,6 +17,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -113,6 +114,8 @@ class Wiring:
     tracer_provider: Callable[[], TracerProvider | None] = tracer_provider_from_environment
     """Where spans go; ``None``, as without ``OTEL_*`` variables, installs no
     tracing at all."""
+    # The wall clock by which keys expire and rolled secrets stop.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -339,6 +342,7 @@ class ApiKeysServer:
             routes=self._prepared.routes,
             usage=usage,
             store_timeout=settings.store_timeout,
+            clock=self._wiring.clock,
         )
         metrics = None
         if settings.metrics_listen is not None:
@@ -357,6 +361,7 @@ class ApiKeysServer:
                 hasher=hasher,
                 cipher=KeyCipher(settings.encryption_keys.reveal()),
                 page_tokens=PageTokens(settings.hmac_secret.reveal()),
+                clock=self._wiring.clock,
             ),
         )
 

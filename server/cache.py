@@ -27,6 +27,7 @@ from server.domain.records import (
     KeyCursor,
     KeyPage,
     KeyRecord,
+    Roll,
 )
 from server.domain.store import KeyStore
 
@@ -181,7 +182,7 @@ class CachedKeyStore:
             contact_center_id, key_id, changes, actor_id=actor_id, time=time
         )
         if result is not None:
-            self.invalidate([result[0].lookup_hash])
+            self.invalidate(list(result[0].lookup_hashes))
         return result
 
     async def delete_key(
@@ -192,8 +193,43 @@ class CachedKeyStore:
             contact_center_id, key_id, actor_id=actor_id, time=time
         )
         if deleted is not None:
-            self.invalidate([deleted.lookup_hash])
+            self.invalidate(list(deleted.lookup_hashes))
         return deleted
+
+    async def set_key_disabled(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        disabled: bool,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Disables or enables through the store, then drops every cached
+        entry of the key."""
+        result = await self._store.set_key_disabled(
+            contact_center_id, key_id, disabled, actor_id=actor_id, time=time
+        )
+        if result is not None:
+            self.invalidate(list(result[0].lookup_hashes))
+        return result
+
+    async def roll_key(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        roll: Roll,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Rolls through the store, then drops the key's old and new hashes."""
+        result = await self._store.roll_key(
+            contact_center_id, key_id, roll, actor_id=actor_id, time=time
+        )
+        if result is not None:
+            self.invalidate([*result[0].lookup_hashes, roll.lookup_hash])
+        return result
 
     async def reveal_key(
         self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime

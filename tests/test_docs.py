@@ -216,7 +216,7 @@ def test_headings_get_github_anchors() -> None:
 
 def test_the_api_reference_lists_the_scope_catalog_as_the_code_has_it() -> None:
     rows = re.findall(
-        r"^\| `([a-z_.]+)` \| `([a-z_]+)` \| (.+?) \|$",
+        r"^\| `([a-z_.]+)` \| ([A-Z][A-Za-z ]+) \| (.+?) \|$",
         API_REFERENCE.read_text("utf-8"),
         re.MULTILINE,
     )

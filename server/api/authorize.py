@@ -13,6 +13,7 @@ from server.domain.authorize import Checks
 from server.domain.decisions import Decision
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.memo import IdentityMemo
+from server.domain.networks import is_address
 from voiso.apikeys.v1 import authorize_pb2 as pb
 from voiso.apikeys.v1 import authorize_pb2_grpc
 
@@ -38,7 +39,11 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
     async def Check(self, request: pb.CheckRequest, context: Context) -> pb.CheckResponse:
         try:
             decision = await self._check(
-                request.key, request.method, request.path, time_left=context.time_remaining()
+                request.key,
+                request.method,
+                request.path,
+                client_ip=request.client_ip,
+                time_left=context.time_remaining(),
             )
         except Exception as exc:
             await abort(context, exc)
@@ -53,7 +58,11 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
             results = [
                 self._response(
                     await self._check(
-                        item.key, item.method, item.path, time_left=context.time_remaining()
+                        item.key,
+                        item.method,
+                        item.path,
+                        client_ip=item.client_ip,
+                        time_left=context.time_remaining(),
                     )
                 )
                 for item in checks
@@ -85,6 +94,12 @@ def _validate_batch(checks: Any) -> None:
         if not item.path:
             violations.append(
                 FieldViolation(field=f"checks[{index}].path", description="must not be empty")
+            )
+        if item.client_ip and not is_address(item.client_ip):
+            violations.append(
+                FieldViolation(
+                    field=f"checks[{index}].client_ip", description="is not an IPv4 or IPv6 address"
+                )
             )
     if violations:
         raise InvalidArgument(violations)

@@ -78,6 +78,9 @@ DENIALS: Final = _denials(
     {
         Reason.KEY_MALFORMED: (UNAUTHORIZED, "missing or malformed API key; send Bearer <key>"),
         Reason.KEY_NOT_FOUND: (UNAUTHORIZED, "unknown API key"),
+        Reason.KEY_DISABLED: (UNAUTHORIZED, "the API key is disabled"),
+        Reason.KEY_EXPIRED: (UNAUTHORIZED, "the API key has expired"),
+        Reason.IP_NOT_ALLOWED: (FORBIDDEN, "the API key may not be used from this address"),
         Reason.SCOPE_MISSING: (FORBIDDEN, "the API key's scopes do not cover this request"),
         Reason.ROUTE_NOT_FOUND: (NOT_FOUND, "no API route matches this method and path"),
     }

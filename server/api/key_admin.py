@@ -10,8 +10,9 @@ from server.api import convert
 from server.api.auth import current_actor
 from server.api.errors import translates_errors
 from server.domain.admin import KeyAdministration
+from server.domain.records import KeyRecord
+from voiso.apikeys.v1 import api_key_pb2, key_admin_pb2_grpc
 from voiso.apikeys.v1 import key_admin_pb2 as pb
-from voiso.apikeys.v1 import key_admin_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,16 +32,19 @@ class KeyAdminServicer(key_admin_pb2_grpc.KeyAdminServicer):
             name=request.name,
             description=request.description,
             scopes=list(request.scopes),
+            expire_time=convert.optional_time(request, "expire_time"),
+            allowed_cidrs=list(request.allowed_cidrs),
         )
-        return pb.CreateKeyResponse(key=convert.api_key(record), secret=secret)
+        return pb.CreateKeyResponse(key=self._key(record), secret=secret)
 
     @translates_errors
     async def GetKey(self, request: pb.GetKeyRequest, context: Context) -> pb.GetKeyResponse:
         record = await self._admin.get_key(current_actor(), request.id)
-        return pb.GetKeyResponse(key=convert.api_key(record))
+        return pb.GetKeyResponse(key=self._key(record))
 
     @translates_errors
     async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
+        now = self._admin.now()
         listing = await self._admin.list_keys(
             current_actor(),
             query=request.query,
@@ -48,7 +52,7 @@ class KeyAdminServicer(key_admin_pb2_grpc.KeyAdminServicer):
             page_token=request.page_token,
         )
         return pb.ListKeysResponse(
-            keys=[convert.api_key(record) for record in listing.keys],
+            keys=[convert.api_key(record, now) for record in listing.keys],
             next_page_token=listing.next_page_token,
             total_size=listing.total_size,
         )
@@ -64,8 +68,10 @@ class KeyAdminServicer(key_admin_pb2_grpc.KeyAdminServicer):
             description=request.description,
             scopes=list(request.scopes),
             update_mask=list(request.update_mask.paths),
+            expire_time=convert.optional_time(request, "expire_time"),
+            allowed_cidrs=list(request.allowed_cidrs),
         )
-        return pb.UpdateKeyResponse(key=convert.api_key(record))
+        return pb.UpdateKeyResponse(key=self._key(record))
 
     @translates_errors
     async def DeleteKey(
@@ -102,3 +108,27 @@ class KeyAdminServicer(key_admin_pb2_grpc.KeyAdminServicer):
             events=[convert.audit_event(event) for event in listing.events],
             next_page_token=listing.next_page_token,
         )
+
+    @translates_errors
+    async def DisableKey(
+        self, request: pb.DisableKeyRequest, context: Context
+    ) -> pb.DisableKeyResponse:
+        record = await self._admin.disable_key(current_actor(), request.id)
+        return pb.DisableKeyResponse(key=self._key(record))
+
+    @translates_errors
+    async def EnableKey(
+        self, request: pb.EnableKeyRequest, context: Context
+    ) -> pb.EnableKeyResponse:
+        record = await self._admin.enable_key(current_actor(), request.id)
+        return pb.EnableKeyResponse(key=self._key(record))
+
+    @translates_errors
+    async def RollKey(self, request: pb.RollKeyRequest, context: Context) -> pb.RollKeyResponse:
+        record, secret = await self._admin.roll_key(
+            current_actor(), request.id, overlap=convert.optional_duration(request, "overlap")
+        )
+        return pb.RollKeyResponse(key=self._key(record), secret=secret)
+
+    def _key(self, record: KeyRecord) -> api_key_pb2.ApiKey:
+        return convert.api_key(record, self._admin.now())

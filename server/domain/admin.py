@@ -22,14 +22,17 @@ from server.domain.errors import (
     PermissionDenied,
 )
 from server.domain.keys import KeyCipher, KeyHasher, SecretUnreadable, generate_key, last4
+from server.domain.networks import parse_network
 from server.domain.paging import PageTokens, resolve_page_size
 from server.domain.permissions import Actor, Permission
 from server.domain.records import (
     DEFAULT_MAX_KEYS_PER_CONTACT_CENTER,
+    UNCHANGED,
     AuditRecord,
     KeyChanges,
     KeyCursor,
     KeyRecord,
+    Roll,
 )
 from server.domain.scopes import SCOPE_CATALOG, Scope
 from server.domain.store import KeyStore
@@ -43,8 +46,14 @@ MAX_ID_LENGTH = 64
 # fields: past this a list is refused whole, so a 1 MB request of junk
 # entries cannot cost a violation (and CPU time) per entry.
 MAX_LIST_ENTRIES = 100
-UPDATABLE_FIELDS = ("name", "description", "scopes")
+UPDATABLE_FIELDS = ("name", "description", "scopes", "expire_time", "allowed_cidrs")
+# What an empty update mask changes: the fields every key had before
+# expiry and allowlists existed, so an older client's update never clears
+# them.
+DEFAULT_UPDATE_FIELDS = ("name", "description", "scopes")
+MAX_ROLL_OVERLAP = timedelta(days=7)
 _KEY_ID_PREFIX = "key_"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALLOWED_CONTROL_IN_DESCRIPTION = frozenset("\n\t")
 
 
@@ -63,6 +72,16 @@ class AuditListing:
 
     events: tuple[AuditRecord, ...]
     next_page_token: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _IssuedSecret:
+    """What the store keeps of a new secret: never the secret itself."""
+
+    lookup_hash: bytes
+    last4: str
+    secret_ciphertext: bytes
+    encryption_key_id: str
 
 
 class KeyAdministration:
@@ -85,22 +104,34 @@ class KeyAdministration:
         self._max_keys = max_keys
         self._clock = clock
 
+    def now(self) -> datetime:
+        """The administration's clock, by which key states are told."""
+        return self._clock()
+
     async def create_key(
-        self, actor: Actor, *, name: str, description: str, scopes: Sequence[str]
+        self,
+        actor: Actor,
+        *,
+        name: str,
+        description: str,
+        scopes: Sequence[str],
+        expire_time: datetime | None = None,
+        allowed_cidrs: Sequence[str] = (),
     ) -> tuple[KeyRecord, str]:
-        """Creates a key; returns it and its plaintext secret (shown once)."""
+        """Creates a key; returns it and its plaintext secret (shown once).
+        ``expire_time`` (must be in the future) ends its use; a non-empty
+        ``allowed_cidrs`` limits the addresses it may be used from."""
         _require(actor, Permission.CREATE)
         violations: list[FieldViolation] = []
         name = _name(name, violations)
         description = _description(description, violations)
         scope_names = _scopes(scopes, violations)
+        expiry = self._expire_time(expire_time, violations)
+        networks = _allowed_cidrs(allowed_cidrs, violations)
         _raise_if(violations)
         for _attempt in range(3):
-            secret = generate_key()
             key_id = _KEY_ID_PREFIX + secrets.token_hex(12)
-            encryption_key_id, ciphertext = self._cipher.encrypt(
-                secret, associated_data=key_id.encode()
-            )
+            secret, issued = self._issue(key_id)
             now = self._clock()
             record = KeyRecord(
                 id=key_id,
@@ -108,14 +139,16 @@ class KeyAdministration:
                 name=name,
                 description=description,
                 scopes=scope_names,
-                lookup_hash=self._hasher.lookup_hash(secret),
-                last4=last4(secret),
-                secret_ciphertext=ciphertext,
-                encryption_key_id=encryption_key_id,
+                lookup_hash=issued.lookup_hash,
+                last4=issued.last4,
+                secret_ciphertext=issued.secret_ciphertext,
+                encryption_key_id=issued.encryption_key_id,
                 create_time=now,
                 update_time=now,
                 last_used_time=None,
                 created_by=actor.actor_id,
+                expire_time=expiry,
+                allowed_cidrs=networks,
             )
             try:
                 return await self._store.create_key(record, max_keys=self._max_keys), secret
@@ -178,12 +211,16 @@ class KeyAdministration:
         description: str,
         scopes: Sequence[str],
         update_mask: Collection[str],
+        expire_time: datetime | None = None,
+        allowed_cidrs: Sequence[str] = (),
     ) -> KeyRecord:
-        """Changes the fields named by ``update_mask`` (empty: all three)."""
+        """Changes the fields named by ``update_mask``; an empty mask means
+        name, description and scopes. Naming ``expire_time`` or
+        ``allowed_cidrs`` with an empty value clears it."""
         _require(actor, Permission.EDIT)
         violations: list[FieldViolation] = []
         _check_key_id(key_id, "id", violations)
-        paths = set(update_mask) or set(UPDATABLE_FIELDS)
+        paths = set(update_mask) or set(DEFAULT_UPDATE_FIELDS)
         if not _too_long(update_mask, "update_mask.paths", violations):
             violations.extend(
                 # Named by position, never echoed: a pasted secret must not
@@ -200,6 +237,12 @@ class KeyAdministration:
             name=_name(name, violations) if "name" in paths else None,
             description=_description(description, violations) if "description" in paths else None,
             scopes=_scopes(scopes, violations) if "scopes" in paths else None,
+            expire_time=(
+                self._expire_time(expire_time, violations) if "expire_time" in paths else UNCHANGED
+            ),
+            allowed_cidrs=(
+                _allowed_cidrs(allowed_cidrs, violations) if "allowed_cidrs" in paths else None
+            ),
         )
         _raise_if(violations)
         result = await self._store.update_key(
@@ -218,6 +261,84 @@ class KeyAdministration:
         )
         if deleted is None:
             raise KeyNotFound(key_id)
+
+    async def disable_key(self, actor: Actor, key_id: str) -> KeyRecord:
+        """Disables the key: kept with its history, refused by ``Check``."""
+        return await self._set_disabled(actor, key_id, disabled=True)
+
+    async def enable_key(self, actor: Actor, key_id: str) -> KeyRecord:
+        """Enables a disabled key again."""
+        return await self._set_disabled(actor, key_id, disabled=False)
+
+    async def _set_disabled(self, actor: Actor, key_id: str, *, disabled: bool) -> KeyRecord:
+        _require(actor, Permission.EDIT)
+        key_id = _key_id(key_id)
+        result = await self._store.set_key_disabled(
+            actor.contact_center_id, key_id, disabled, actor_id=actor.actor_id, time=self._clock()
+        )
+        if result is None:
+            raise KeyNotFound(key_id)
+        return result[1]
+
+    async def roll_key(
+        self, actor: Actor, key_id: str, *, overlap: timedelta | None
+    ) -> tuple[KeyRecord, str]:
+        """Gives the key a new secret, returned once; the old one keeps
+        working for ``overlap`` (zero: not at all, at most seven days; it
+        must be given). A secret replaced by an earlier roll stops at once."""
+        _require(actor, Permission.EDIT)
+        violations: list[FieldViolation] = []
+        _check_key_id(key_id, "id", violations)
+        if overlap is None:
+            violations.append(
+                FieldViolation(field="overlap", description="must be set; 0 ends the old secret")
+            )
+        elif not timedelta(0) <= overlap <= MAX_ROLL_OVERLAP:
+            violations.append(FieldViolation(field="overlap", description="must be 0 to 7 days"))
+        _raise_if(violations)
+        assert overlap is not None
+        for _attempt in range(3):
+            secret, issued = self._issue(key_id)
+            now = self._clock()
+            roll = Roll(
+                lookup_hash=issued.lookup_hash,
+                last4=issued.last4,
+                secret_ciphertext=issued.secret_ciphertext,
+                encryption_key_id=issued.encryption_key_id,
+                previous_expire_time=now + overlap,
+            )
+            try:
+                result = await self._store.roll_key(
+                    actor.contact_center_id, key_id, roll, actor_id=actor.actor_id, time=now
+                )
+            except KeyCollision:
+                continue
+            if result is None:
+                raise KeyNotFound(key_id)
+            return result[1], secret
+        raise KeyCollision("could not generate an unused key")
+
+    def _issue(self, key_id: str) -> tuple[str, _IssuedSecret]:
+        """A new secret for ``key_id`` and what the store keeps of it."""
+        secret = generate_key()
+        encryption_key_id, ciphertext = self._cipher.encrypt(
+            secret, associated_data=key_id.encode()
+        )
+        return secret, _IssuedSecret(
+            lookup_hash=self._hasher.lookup_hash(secret),
+            last4=last4(secret),
+            secret_ciphertext=ciphertext,
+            encryption_key_id=encryption_key_id,
+        )
+
+    def _expire_time(
+        self, expire_time: datetime | None, violations: list[FieldViolation]
+    ) -> datetime | None:
+        if expire_time is not None and expire_time <= self._clock():
+            violations.append(
+                FieldViolation(field="expire_time", description="must be in the future")
+            )
+        return expire_time
 
     async def reveal_key(self, actor: Actor, key_id: str) -> str:
         """The key's plaintext secret. Decrypted first and audited only once
@@ -349,6 +470,26 @@ def _scopes(values: Sequence[str], violations: list[FieldViolation]) -> tuple[st
     return scopes
 
 
+def _allowed_cidrs(values: Sequence[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+    """The networks in canonical form, each once, in the order given."""
+    if _too_long(values, "allowed_cidrs", violations):
+        return ()
+    networks: dict[str, None] = {}
+    for index, value in enumerate(values):
+        try:
+            networks[str(parse_network(value))] = None
+        except ValueError:
+            violations.append(
+                FieldViolation(
+                    field=f"allowed_cidrs[{index}]",
+                    # Never echoed: a pasted secret must not come back in an error.
+                    description="is not an IPv4 or IPv6 network (address/prefix, "
+                    "no bits set past the prefix)",
+                )
+            )
+    return tuple(networks)
+
+
 def _too_long(values: Collection[str], field: str, violations: list[FieldViolation]) -> bool:
     if len(values) <= MAX_LIST_ENTRIES:
         return False
@@ -363,13 +504,13 @@ def _key_cursor(position: dict[str, object]) -> KeyCursor:
     if not isinstance(micros, int) or not isinstance(key_id, str):
         raise _bad_page_token()
     return KeyCursor(
-        create_time=datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros),
+        create_time=_EPOCH + timedelta(microseconds=micros),
         key_id=key_id,
     )
 
 
 def _micros(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def _bad_page_token() -> InvalidArgument:

@@ -1,4 +1,5 @@
-"""``Check``: does this key exist, and do its scopes cover this route?
+"""``Check``: does this key exist, may it be used now and from here, and do
+its scopes cover this route?
 
 The order is what keeps it cheap and safe. The key's format comes first (a
 string that is not even shaped like a key costs nothing more), then its HMAC
@@ -8,17 +9,27 @@ pass its checksum before the route is matched and the store is asked, so a
 look-alike never costs a store query. ``allowed`` is true only when every
 step proved it; a store that cannot answer raises ``StoreUnavailable`` rather
 than guess.
+
+Reasons are decided in this order: malformed, route not found, key not
+found (including a rolled key's previous secret once its overlap ended),
+disabled, expired, address not allowed, scope missing. Time and address
+enter only for keys whose record is ``restricted``, so most keys never read
+the clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Protocol
 
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument, StoreUnavailable
 from server.domain.keys import KeyHasher, checksum_matches, has_key_format
 from server.domain.memo import IdentityMemo
+from server.domain.networks import Address, NetworkSet, parse_client_ip
 from server.domain.records import KeyRecord
 from server.domain.routes import RouteMatch, RouteTable
 from server.domain.scopes import implied_scopes
@@ -55,10 +66,12 @@ class Authorizer:
         routes: RouteTable,
         usage: UsageRecorder,
         store_timeout: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``store_timeout`` bounds, in seconds, how long a check waits for
-        the store on a cache miss."""
+        the store on a cache miss; ``clock`` tells expiry and overlap ends."""
         self._keys = keys
+        self._clock = clock
         self._store_timeout = store_timeout
         self._hasher = hasher
         self._routes = routes
@@ -70,6 +83,10 @@ class Authorizer:
         # and a route is the table's own object, so the decision for the
         # pair is derived from the two alone.
         self._decisions: IdentityMemo[Decision] = IdentityMemo(_MEMO_LIMIT)
+        # A refusal of a found key is its scope decision with another reason:
+        # derived from that decision object and the reason alone.
+        self._refusals: IdentityMemo[Decision] = IdentityMemo(_MEMO_LIMIT)
+        self._allowlists: dict[tuple[str, ...], NetworkSet] = {}
         # Routes are the table's own objects for the server's lifetime.
         self._not_found = {
             id(match): Decision(
@@ -90,19 +107,15 @@ class Authorizer:
         client_ip: str = "",
         time_left: float | None = None,
     ) -> Decision:
-        """Decides one check. Raises ``InvalidArgument`` for an empty method
-        or path and ``StoreUnavailable`` when the key cannot be looked up
-        within the store timeout or ``time_left`` (the seconds left until
-        the caller's deadline, if it has one), whichever ends first.
-        ``client_ip`` is the address the request came from, which no key
-        is limited by yet."""
-        if not method or not path:
-            violations = []
-            if not method:
-                violations.append(FieldViolation(field="method", description="must not be empty"))
-            if not path:
-                violations.append(FieldViolation(field="path", description="must not be empty"))
-            raise InvalidArgument(violations)
+        """Decides one check. ``client_ip`` is the caller's address (empty:
+        unknown, which no allowlist contains). Raises ``InvalidArgument`` for
+        an empty method or path or an unparsable ``client_ip``, and
+        ``StoreUnavailable`` when the key cannot be looked up within the store
+        timeout or ``time_left`` (the seconds left until the caller's
+        deadline, if it has one), whichever ends first."""
+        client = None
+        if not method or not path or client_ip:
+            client = _validate(method, path, client_ip)
         if not has_key_format(key):
             return KEY_MALFORMED
         lookup_hash = self._hasher.lookup_hash(key)
@@ -118,6 +131,10 @@ class Authorizer:
             record = await self._look_up(lookup_hash, time_left)
             if record is None:
                 return self._not_found[id(match)]
+        if record.restricted:
+            refusal = self._refuse(record, lookup_hash, match, client)
+            if refusal is not None:
+                return refusal
         decision = self._decide(record, match)
         if decision.allowed:
             self._usage.record(record.id)
@@ -134,6 +151,42 @@ class Authorizer:
                 return await self._keys.find_by_lookup_hash(lookup_hash)
         except TimeoutError:
             raise StoreUnavailable(f"the key store did not answer within {timeout:g} s") from None
+
+    def _refuse(
+        self, record: KeyRecord, lookup_hash: bytes, match: RouteMatch, client: Address | None
+    ) -> Decision | None:
+        """The refusal of a key found but not usable now or from ``client``,
+        or ``None`` when only its scopes remain to decide."""
+        now = self._clock()
+        if lookup_hash != record.lookup_hash and (
+            record.previous_expire_time is None or now >= record.previous_expire_time
+        ):
+            # A rolled key's previous secret after its overlap.
+            return self._not_found[id(match)]
+        if record.disabled:
+            reason = Reason.KEY_DISABLED
+        elif record.expire_time is not None and now >= record.expire_time:
+            reason = Reason.KEY_EXPIRED
+        elif record.allowed_cidrs and client not in self._allowlist(record.allowed_cidrs):
+            reason = Reason.IP_NOT_ALLOWED
+        else:
+            return None
+        decision = self._decide(record, match)
+        refusal = self._refusals.get(decision, reason)
+        if refusal is None:
+            refusal = self._refusals.put(
+                dataclasses.replace(decision, allowed=False, reason=reason), decision, reason
+            )
+        return refusal
+
+    def _allowlist(self, cidrs: tuple[str, ...]) -> NetworkSet:
+        allowlist = self._allowlists.get(cidrs)
+        if allowlist is None:
+            allowlist = NetworkSet(cidrs)
+            if len(self._allowlists) >= _MEMO_LIMIT:
+                self._allowlists.clear()
+            self._allowlists[cidrs] = allowlist
+        return allowlist
 
     def _decide(self, record: KeyRecord, match: RouteMatch) -> Decision:
         decision = self._decisions.get(record, match)
@@ -161,3 +214,24 @@ class Authorizer:
                 self._grants.clear()
             self._grants[scopes] = grant
         return grant
+
+
+def _validate(method: str, path: str, client_ip: str) -> Address | None:
+    """The client's address, if given; ``InvalidArgument`` naming every bad
+    field."""
+    violations = []
+    if not method:
+        violations.append(FieldViolation(field="method", description="must not be empty"))
+    if not path:
+        violations.append(FieldViolation(field="path", description="must not be empty"))
+    client = None
+    if client_ip:
+        try:
+            client = parse_client_ip(client_ip)
+        except ValueError:
+            violations.append(
+                FieldViolation(field="client_ip", description="is not an IPv4 or IPv6 address")
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    return client

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NewType
 
@@ -17,6 +17,9 @@ class AuditAction(enum.Enum):
     UPDATED = "updated"
     DELETED = "deleted"
     REVEALED = "revealed"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
+    ROLLED = "rolled"
 
 
 class ChangeKind(enum.Enum):
@@ -25,6 +28,26 @@ class ChangeKind(enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
     DELETED = "deleted"
+    DISABLED = "disabled"
+    ENABLED = "enabled"
+    ROLLED = "rolled"
+
+
+class KeyState(enum.Enum):
+    """What ``Check`` makes of a key now, apart from its scopes and addresses."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    EXPIRED = "expired"
+
+
+class Unchanged(enum.Enum):
+    """Marks a field an update leaves alone where ``None`` is a value."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -45,6 +68,42 @@ class KeyRecord:
     update_time: datetime
     last_used_time: datetime | None
     created_by: str
+    expire_time: datetime | None = None
+    disabled: bool = False
+    allowed_cidrs: tuple[str, ...] = ()
+    # A rolled key's previous secret, which works until its overlap ends.
+    previous_lookup_hash: bytes | None = None
+    previous_expire_time: datetime | None = None
+    # Whether a check of this key depends on more than its scopes (state,
+    # time, address or which secret was presented): false for most keys,
+    # which then take the shortest path through ``Check``.
+    restricted: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "restricted",
+            self.disabled
+            or self.expire_time is not None
+            or bool(self.allowed_cidrs)
+            or self.previous_lookup_hash is not None,
+        )
+
+    @property
+    def lookup_hashes(self) -> tuple[bytes, ...]:
+        """Every lookup hash that finds this key: a rolled key has two until
+        its next roll or deletion."""
+        if self.previous_lookup_hash is None:
+            return (self.lookup_hash,)
+        return (self.lookup_hash, self.previous_lookup_hash)
+
+    def state(self, now: datetime) -> KeyState:
+        """Disabled before expired, as ``Check`` decides them."""
+        if self.disabled:
+            return KeyState.DISABLED
+        if self.expire_time is not None and now >= self.expire_time:
+            return KeyState.EXPIRED
+        return KeyState.ACTIVE
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,15 +123,36 @@ class AuditRecord:
     new_description: str = ""
     old_scopes: tuple[str, ...] = ()
     new_scopes: tuple[str, ...] = ()
+    old_expire_time: datetime | None = None
+    new_expire_time: datetime | None = None
+    old_allowed_cidrs: tuple[str, ...] = ()
+    new_allowed_cidrs: tuple[str, ...] = ()
+    # Rolled: when the secret replaced by the roll stops working.
+    previous_secret_expire_time: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KeyChanges:
-    """The fields an update sets; ``None`` leaves a field as it is."""
+    """The fields an update sets; ``None`` (``UNCHANGED`` for the expiry,
+    where ``None`` means "never") leaves a field as it is."""
 
     name: str | None = None
     description: str | None = None
     scopes: tuple[str, ...] | None = None
+    expire_time: datetime | Unchanged | None = UNCHANGED
+    allowed_cidrs: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Roll:
+    """A new secret for a key: its lookup hash, display characters and
+    ciphertext, and when the secret it replaces stops working."""
+
+    lookup_hash: bytes
+    last4: str
+    secret_ciphertext: bytes
+    encryption_key_id: str
+    previous_expire_time: datetime
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

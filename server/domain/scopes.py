@@ -16,57 +16,87 @@ _READ_SUFFIX = ".read"
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Scope:
-    """One scope of the catalog; ``domain`` is the part of the name before
-    the first dot."""
+    """One scope of the catalog. ``domain`` is the product area's display
+    name (``Contact Center``), ``description`` the published definition."""
 
     name: str
     domain: str
     description: str
 
 
-def _scope(name: str, description: str) -> Scope:
-    return Scope(name=name, domain=name.partition(".")[0], description=description)
+def _scopes(domain: str, *definitions: tuple[str, str]) -> tuple[Scope, ...]:
+    return tuple(
+        Scope(name=name, domain=domain, description=description)
+        for name, description in definitions
+    )
 
 
+# The product's published table, word for word: admins pick scopes by these
+# definitions, so they are not paraphrased here.
 SCOPE_CATALOG: Mapping[str, Scope] = MappingProxyType(
     {
         scope.name: scope
         for scope in (
-            _scope("voice.call.manage", "Place and control voice calls"),
-            _scope("campaigns.read", "View dialer campaigns"),
-            _scope(
-                "campaigns.manage",
-                "Pause and resume campaigns and add leads to them; includes campaigns.read",
+            *_scopes("Voice", ("voice.call.manage", "Start and stop voice calls.")),
+            *_scopes(
+                "Campaigns",
+                ("campaigns.read", "View information about existing Dialer campaigns."),
+                ("campaigns.manage", "Create, start, update, and stop Dialer campaigns."),
             ),
-            _scope("reporting.cdrs.read", "Read call detail records (CDRs)"),
-            _scope("messaging.sms.send", "Send SMS messages"),
-            _scope("messaging.conversations.read", "View messaging conversations"),
-            _scope(
-                "messaging.conversations.manage",
-                "Act on messaging conversations, such as closing them; "
-                "includes messaging.conversations.read",
+            *_scopes("Reporting", ("reporting.cdrs.read", "View Call Detail Records.")),
+            *_scopes(
+                "Messaging",
+                ("messaging.sms.send", "Send an SMS to a phone number."),
+                ("messaging.conversations.read", "View digital channels messages."),
+                (
+                    "messaging.conversations.manage",
+                    "Create digital channels conversations and messages.",
+                ),
+                ("messaging.channels.read", "View digital channels profiles."),
+                (
+                    "messaging.canned_messages.read",
+                    "Read digital channels and SMS message templates.",
+                ),
+                ("messaging.whatsapp_templates.read", "Read WhatsApp message templates."),
             ),
-            _scope("messaging.channels.read", "View the configured messaging channels"),
-            _scope("messaging.canned_messages.read", "View canned messages"),
-            _scope("messaging.whatsapp_templates.read", "View WhatsApp message templates"),
-            _scope("users.read", "View users"),
-            _scope("users.teams.read", "View teams of users"),
-            _scope("tasks.scheduled_callbacks.read", "View scheduled callbacks"),
-            _scope(
-                "tasks.scheduled_callbacks.manage",
-                "Create and cancel scheduled callbacks; includes tasks.scheduled_callbacks.read",
+            *_scopes(
+                "Users",
+                ("users.read", "View user and deleted user information."),
+                (
+                    "users.teams.read",
+                    "View team information, including users and supervisors assigned to teams.",
+                ),
             ),
-            _scope("tasks.webhooks.read", "View webhooks and failed webhook deliveries"),
-            _scope(
-                "tasks.webhooks.manage",
-                "Create and delete webhooks and retrigger failed deliveries; "
-                "includes tasks.webhooks.read",
+            *_scopes(
+                "Tasks",
+                (
+                    "tasks.scheduled_callbacks.read",
+                    "View a list of scheduled callback interactions.",
+                ),
+                ("tasks.scheduled_callbacks.manage", "Create and view callback interactions."),
+                ("tasks.webhooks.read", "View information about failing webhooks."),
+                ("tasks.webhooks.manage", "Retrigger failing webhooks."),
             ),
-            _scope("numbers.read", "View the contact center's phone numbers"),
-            _scope("routing.queues.read", "View queues and the users assigned to them"),
-            _scope("routing.skills.read", "View routing skills"),
-            _scope("contact_center.wrapup_codes.read", "View wrap-up codes"),
-            _scope("billing.balance.read", "View the account balance"),
+            *_scopes("Numbers", ("numbers.read", "View information about contact center numbers.")),
+            *_scopes(
+                "Routing",
+                ("routing.queues.read", "View information about contact center queues."),
+                ("routing.skills.read", "View information about contact center skills."),
+            ),
+            *_scopes(
+                "Contact Center",
+                (
+                    "contact_center.wrapup_codes.read",
+                    "View information about contact center wrap-up codes.",
+                ),
+            ),
+            *_scopes(
+                "Billing",
+                (
+                    "billing.balance.read",
+                    "View information about your contact center billing balance.",
+                ),
+            ),
         )
     }
 )

@@ -22,6 +22,7 @@ from server.domain.records import (
     KeyCursor,
     KeyPage,
     KeyRecord,
+    Roll,
 )
 
 
@@ -88,6 +89,36 @@ class KeyStore(Protocol):
         The lookup hash is retired, never to be used by another key."""
         ...
 
+    async def set_key_disabled(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        disabled: bool,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Disable or enable the key and append a ``disabled`` or ``enabled``
+        audit event in one transaction. Returns (before, after), or ``None``
+        if no such key."""
+        ...
+
+    async def roll_key(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        roll: Roll,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Give the key the secret of ``roll`` and append a ``rolled`` audit
+        event in one transaction; the replaced secret finds the key until
+        ``roll.previous_expire_time``, one replaced earlier no longer does.
+        Returns (before, after), or ``None`` if no such key. Raises
+        ``KeyCollision`` if the new lookup hash was ever used."""
+        ...
+
     async def reveal_key(
         self, contact_center_id: str, key_id: str, *, actor_id: str, time: datetime
     ) -> KeyRecord | None:
@@ -109,7 +140,8 @@ class KeyStore(Protocol):
         ...
 
     async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
-        """The live key with this HMAC lookup hash, in any contact center."""
+        """The live key with this HMAC lookup hash (its current one, or the
+        previous one of a rolled key), in any contact center."""
         ...
 
     async def record_last_used(self, uses: Mapping[str, datetime]) -> None:
@@ -125,11 +157,12 @@ class KeyStore(Protocol):
 class ChangeFeed(Protocol):
     """The record of key mutations that every process follows.
 
-    Each ``create_key``, ``update_key`` and ``delete_key`` appends an entry in
-    its own transaction, so an entry is visible exactly when its mutation is.
-    A reader that passes back the position of each page it read gets every
-    committed entry exactly once, whatever order transactions commit in and
-    however long one stays open.
+    Each mutation of a key (create, update, delete, disable, enable, roll)
+    appends an entry per lookup hash of the key in its own transaction, so
+    an entry is visible exactly when its mutation is. A reader that passes
+    back the position of each page it read gets every committed entry
+    exactly once, whatever order transactions commit in and however long
+    one stays open.
     """
 
     async def changes_since(self, position: FeedPosition | None, *, limit: int) -> ChangePage:

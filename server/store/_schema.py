@@ -1,6 +1,6 @@
 """The tables, as SQLAlchemy Core metadata.
 
-Migrations ``0001_initial`` to ``0004_write_probes`` create exactly these; a
+Migrations ``0001_initial`` to ``0005_key_lifecycle`` create exactly these; a
 test compares the two.
 Times are integer microseconds since the Unix epoch (UTC) so that SQLite and
 PostgreSQL compare and order them the same way.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -18,6 +19,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
+    text,
 )
 
 metadata = MetaData(
@@ -51,6 +54,15 @@ api_keys = Table(
     Column("update_time", BigInteger, nullable=False),
     Column("last_used_time", BigInteger, nullable=True),
     Column("created_by", String(128), nullable=False),
+    # The lifecycle columns have server defaults so that rows written by a
+    # replica of the previous release, which does not know them, read as a
+    # key without expiry, enabled, usable from anywhere and never rolled.
+    Column("expire_time", BigInteger, nullable=True),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    # A JSON array of networks, like scopes.
+    Column("allowed_cidrs", Text, nullable=False, server_default=text("'[]'")),
+    Column("previous_lookup_hash", LargeBinary(32), nullable=True),
+    Column("previous_expire_time", BigInteger, nullable=True),
 )
 
 # The listing order, newest first; its leading column also serves every
@@ -62,7 +74,11 @@ Index(
     api_keys.c.id.desc(),
 )
 
-# A deleted key's lookup hash moves here so no later key can take it.
+# Finds a rolled key by its previous secret during the overlap.
+Index("ix_api_keys_previous_lookup_hash", api_keys.c.previous_lookup_hash, unique=True)
+
+# A deleted key's lookup hash moves here so no later key can take it, and so
+# does a rolled key's replaced one (at the roll, while it still works).
 retired_lookup_hashes = Table(
     "retired_lookup_hashes",
     metadata,
@@ -85,6 +101,11 @@ audit_events = Table(
     Column("new_description", Text, nullable=False),
     Column("old_scopes", Text, nullable=False),
     Column("new_scopes", Text, nullable=False),
+    Column("old_expire_time", BigInteger, nullable=True),
+    Column("new_expire_time", BigInteger, nullable=True),
+    Column("old_allowed_cidrs", Text, nullable=False, server_default=text("'[]'")),
+    Column("new_allowed_cidrs", Text, nullable=False, server_default=text("'[]'")),
+    Column("previous_secret_expire_time", BigInteger, nullable=True),
     Index("ix_audit_events_contact_center_id_id", "contact_center_id", "id"),
     Index(
         "ix_audit_events_contact_center_id_key_id_id",

@@ -51,6 +51,8 @@ from server.domain.records import (
     KeyCursor,
     KeyPage,
     KeyRecord,
+    Roll,
+    Unchanged,
 )
 from server.domain.store import ChangeFeed, KeyStore
 from server.store._engine import (
@@ -134,9 +136,10 @@ async def open_store(database_url: str, *, migrate: bool = True) -> SqlKeyStore:
     return SqlKeyStore(engine, feed_engine)
 
 
-async def migrate(database_url: str) -> None:
+async def migrate(database_url: str, *, revision: str = "head") -> None:
     """Bring the database at ``database_url`` to the latest schema (Alembic
-    ``upgrade head``). Safe to run again, and from several replicas at once.
+    ``upgrade head``), or to an earlier ``revision`` (to stage a rollout).
+    Safe to run again, and from several replicas at once.
 
     Raises ``ValueError`` for a malformed or unsupported URL and
     ``StoreUnavailable`` when the database cannot be reached.
@@ -144,7 +147,7 @@ async def migrate(database_url: str) -> None:
     with _unavailable_on_error("migrate"):
         engine = await create_engine(database_url)
     try:
-        await _upgrade(engine)
+        await _upgrade(engine, revision)
     finally:
         await engine.dispose()
 
@@ -223,6 +226,8 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                     new_name=stored.name,
                     new_description=stored.description,
                     new_scopes=stored.scopes,
+                    new_expire_time=stored.expire_time,
+                    new_allowed_cidrs=stored.allowed_cidrs,
                 ),
             )
             await self._record_change(conn, stored.lookup_hash, ChangeKind.CREATED)
@@ -309,18 +314,17 @@ class SqlKeyStore(KeyStore, ChangeFeed):
             values["description_folded"] = _fold(changes.description)
         if changes.scopes is not None:
             values["scopes"] = _dump_scopes(changes.scopes)
+        if not isinstance(changes.expire_time, Unchanged):
+            values["expire_time"] = _optional_micros(changes.expire_time)
+        if changes.allowed_cidrs is not None:
+            values["allowed_cidrs"] = _dump_list(changes.allowed_cidrs)
+        expiry_changed = not isinstance(changes.expire_time, Unchanged)
+        cidrs_changed = changes.allowed_cidrs is not None
         async with self._write("update_key") as conn:
-            result = await conn.execute(
-                select(api_keys)
-                .where(api_keys.c.contact_center_id == contact_center_id, api_keys.c.id == key_id)
-                .with_for_update()
-            )
-            row = result.mappings().first()
-            if row is None:
+            changed = await self._change_key(conn, contact_center_id, key_id, values)
+            if changed is None:
                 return None
-            before = _key_record(row)
-            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
-            after = _key_record({**row, **values})
+            before, after = changed
             await conn.execute(
                 insert(audit_events),
                 _audit_row(
@@ -334,9 +338,117 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                     new_description=after.description if changes.description is not None else "",
                     old_scopes=before.scopes if changes.scopes is not None else (),
                     new_scopes=after.scopes if changes.scopes is not None else (),
+                    old_expire_time=before.expire_time if expiry_changed else None,
+                    new_expire_time=after.expire_time if expiry_changed else None,
+                    old_allowed_cidrs=before.allowed_cidrs if cidrs_changed else (),
+                    new_allowed_cidrs=after.allowed_cidrs if cidrs_changed else (),
                 ),
             )
-            await self._record_change(conn, after.lookup_hash, ChangeKind.UPDATED)
+            await self._record_changes(conn, after.lookup_hashes, ChangeKind.UPDATED)
+        return before, after
+
+    async def set_key_disabled(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        disabled: bool,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Disable or enable the key, set ``update_time`` and append a
+        ``disabled`` or ``enabled`` audit event in one transaction. Returns
+        (before, after), or ``None`` if no such key."""
+        values: dict[str, Any] = {"disabled": disabled, "update_time": _to_micros(time)}
+        action, kind = (
+            (AuditAction.DISABLED, ChangeKind.DISABLED)
+            if disabled
+            else (AuditAction.ENABLED, ChangeKind.ENABLED)
+        )
+        async with self._write("set_key_disabled") as conn:
+            changed = await self._change_key(conn, contact_center_id, key_id, values)
+            if changed is None:
+                return None
+            before, after = changed
+            await conn.execute(
+                insert(audit_events), _audit_row(action, after, actor_id=actor_id, time=time)
+            )
+            # Both secrets of a rolled key go, or the old one would keep
+            # answering from caches.
+            await self._record_changes(conn, after.lookup_hashes, kind)
+        return before, after
+
+    async def roll_key(
+        self,
+        contact_center_id: str,
+        key_id: str,
+        roll: Roll,
+        *,
+        actor_id: str,
+        time: datetime,
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Give the key a new secret and append a ``rolled`` audit event in
+        one transaction. Returns (before, after), or ``None`` if no such key.
+
+        The replaced secret keeps finding the key until
+        ``roll.previous_expire_time`` (not at all if that is not after
+        ``time``); a secret replaced by an earlier roll stops at once. The
+        replaced lookup hash is retired now, so no other key can ever take
+        it. Raises ``KeyCollision`` if the new lookup hash was ever used.
+        """
+        async with self._write("roll_key") as conn:
+            row = await self._locked_key(conn, contact_center_id, key_id)
+            if row is None:
+                return None
+            before = _key_record(row)
+            taken = await conn.scalar(
+                select(func.count())
+                .select_from(api_keys)
+                .where(
+                    or_(
+                        api_keys.c.lookup_hash == roll.lookup_hash,
+                        api_keys.c.previous_lookup_hash == roll.lookup_hash,
+                    )
+                )
+            )
+            retired = await conn.scalar(
+                select(retired_lookup_hashes.c.lookup_hash).where(
+                    retired_lookup_hashes.c.lookup_hash == roll.lookup_hash
+                )
+            )
+            if taken or retired is not None:
+                raise KeyCollision("lookup hash in use or retired")
+            overlapping = roll.previous_expire_time > time
+            values: dict[str, Any] = {
+                "lookup_hash": roll.lookup_hash,
+                "last4": roll.last4,
+                "secret_ciphertext": roll.secret_ciphertext,
+                "encryption_key_id": roll.encryption_key_id,
+                "previous_lookup_hash": before.lookup_hash if overlapping else None,
+                "previous_expire_time": (
+                    _to_micros(roll.previous_expire_time) if overlapping else None
+                ),
+                "update_time": _to_micros(time),
+            }
+            await conn.execute(
+                self._insert_ignoring_conflicts(retired_lookup_hashes),
+                {"lookup_hash": before.lookup_hash},
+            )
+            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
+            after = _key_record({**row, **values})
+            await conn.execute(
+                insert(audit_events),
+                _audit_row(
+                    AuditAction.ROLLED,
+                    after,
+                    actor_id=actor_id,
+                    time=time,
+                    previous_secret_expire_time=max(roll.previous_expire_time, time),
+                ),
+            )
+            await self._record_changes(
+                conn, (*before.lookup_hashes, roll.lookup_hash), ChangeKind.ROLLED
+            )
         return before, after
 
     async def delete_key(
@@ -375,9 +487,11 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                     old_name=deleted.name,
                     old_description=deleted.description,
                     old_scopes=deleted.scopes,
+                    old_expire_time=deleted.expire_time,
+                    old_allowed_cidrs=deleted.allowed_cidrs,
                 ),
             )
-            await self._record_change(conn, deleted.lookup_hash, ChangeKind.DELETED)
+            await self._record_changes(conn, deleted.lookup_hashes, ChangeKind.DELETED)
         return deleted
 
     async def reveal_key(
@@ -436,10 +550,17 @@ class SqlKeyStore(KeyStore, ChangeFeed):
         )
 
     async def find_by_lookup_hash(self, lookup_hash: bytes) -> KeyRecord | None:
-        """The live key with this HMAC lookup hash, in any contact center."""
+        """The live key with this HMAC lookup hash, in any contact center,
+        current or (for a rolled key, until its next roll or deletion)
+        previous."""
         async with self._read("find_by_lookup_hash") as conn:
             result = await conn.execute(
-                select(api_keys).where(api_keys.c.lookup_hash == lookup_hash)
+                select(api_keys).where(
+                    or_(
+                        api_keys.c.lookup_hash == lookup_hash,
+                        api_keys.c.previous_lookup_hash == lookup_hash,
+                    )
+                )
             )
             row = result.mappings().first()
         return None if row is None else _key_record(row)
@@ -553,6 +674,40 @@ class SqlKeyStore(KeyStore, ChangeFeed):
         await self.engine.dispose()
         await self.feed_engine.dispose()
 
+    async def _locked_key(
+        self, conn: AsyncConnection, contact_center_id: str, key_id: str
+    ) -> RowMapping | None:
+        """The key's row, locked against concurrent writers until the
+        transaction ends."""
+        result = await conn.execute(
+            select(api_keys)
+            .where(api_keys.c.contact_center_id == contact_center_id, api_keys.c.id == key_id)
+            .with_for_update()
+        )
+        return result.mappings().first()
+
+    async def _change_key(
+        self,
+        conn: AsyncConnection,
+        contact_center_id: str,
+        key_id: str,
+        values: Mapping[str, Any],
+    ) -> tuple[KeyRecord, KeyRecord] | None:
+        """Lock the key's row and set ``values`` on it; (before, after), or
+        ``None`` if no such key."""
+        row = await self._locked_key(conn, contact_center_id, key_id)
+        if row is None:
+            return None
+        await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(values))
+        return _key_record(row), _key_record({**row, **values})
+
+    async def _record_changes(
+        self, conn: AsyncConnection, lookup_hashes: Sequence[bytes], kind: ChangeKind
+    ) -> None:
+        """One change entry per lookup hash that must be dropped from caches."""
+        for lookup_hash in lookup_hashes:
+            await self._record_change(conn, lookup_hash, kind)
+
     async def _record_change(
         self, conn: AsyncConnection, lookup_hash: bytes, kind: ChangeKind
     ) -> None:
@@ -621,20 +776,20 @@ def _unavailable_on_error(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"the key store could not complete {operation}") from exc
 
 
-async def _upgrade(engine: AsyncEngine) -> None:
+async def _upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     with _unavailable_on_error("migrate"):
         async with writer(engine).begin() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
-            await conn.run_sync(_run_alembic)
+            await conn.run_sync(_run_alembic, revision)
 
 
-def _run_alembic(connection: Connection) -> None:
+def _run_alembic(connection: Connection, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", _MIGRATIONS)
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -666,6 +821,18 @@ def _load_scopes(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
+def _dump_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values), separators=(",", ":"))
+
+
+def _optional_micros(time: datetime | None) -> int | None:
+    return None if time is None else _to_micros(time)
+
+
+def _optional_time(micros: int | None) -> datetime | None:
+    return None if micros is None else _from_micros(micros)
+
+
 def _key_row(key: KeyRecord) -> dict[str, Any]:
     return {
         "id": key.id,
@@ -681,13 +848,18 @@ def _key_row(key: KeyRecord) -> dict[str, Any]:
         "encryption_key_id": key.encryption_key_id,
         "create_time": _to_micros(key.create_time),
         "update_time": _to_micros(key.update_time),
-        "last_used_time": (None if key.last_used_time is None else _to_micros(key.last_used_time)),
+        "last_used_time": _optional_micros(key.last_used_time),
         "created_by": key.created_by,
+        "expire_time": _optional_micros(key.expire_time),
+        "disabled": key.disabled,
+        "allowed_cidrs": _dump_list(key.allowed_cidrs),
+        "previous_lookup_hash": key.previous_lookup_hash,
+        "previous_expire_time": _optional_micros(key.previous_expire_time),
     }
 
 
 def _key_record(row: Mapping[str, Any] | RowMapping) -> KeyRecord:
-    last_used = row["last_used_time"]
+    previous = row["previous_lookup_hash"]
     return KeyRecord(
         id=row["id"],
         contact_center_id=row["contact_center_id"],
@@ -700,8 +872,13 @@ def _key_record(row: Mapping[str, Any] | RowMapping) -> KeyRecord:
         encryption_key_id=row["encryption_key_id"],
         create_time=_from_micros(row["create_time"]),
         update_time=_from_micros(row["update_time"]),
-        last_used_time=None if last_used is None else _from_micros(last_used),
+        last_used_time=_optional_time(row["last_used_time"]),
         created_by=row["created_by"],
+        expire_time=_optional_time(row["expire_time"]),
+        disabled=bool(row["disabled"]),
+        allowed_cidrs=tuple(json.loads(row["allowed_cidrs"])),
+        previous_lookup_hash=None if previous is None else bytes(previous),
+        previous_expire_time=_optional_time(row["previous_expire_time"]),
     )
 
 
@@ -717,6 +894,11 @@ def _audit_row(
     new_description: str = "",
     old_scopes: Sequence[str] = (),
     new_scopes: Sequence[str] = (),
+    old_expire_time: datetime | None = None,
+    new_expire_time: datetime | None = None,
+    old_allowed_cidrs: Sequence[str] = (),
+    new_allowed_cidrs: Sequence[str] = (),
+    previous_secret_expire_time: datetime | None = None,
 ) -> dict[str, Any]:
     return {
         "contact_center_id": key.contact_center_id,
@@ -730,6 +912,11 @@ def _audit_row(
         "new_description": new_description,
         "old_scopes": _dump_scopes(old_scopes),
         "new_scopes": _dump_scopes(new_scopes),
+        "old_expire_time": _optional_micros(old_expire_time),
+        "new_expire_time": _optional_micros(new_expire_time),
+        "old_allowed_cidrs": _dump_list(old_allowed_cidrs),
+        "new_allowed_cidrs": _dump_list(new_allowed_cidrs),
+        "previous_secret_expire_time": _optional_micros(previous_secret_expire_time),
     }
 
 
@@ -747,4 +934,9 @@ def _audit_record(row: RowMapping) -> AuditRecord:
         new_description=row["new_description"],
         old_scopes=_load_scopes(row["old_scopes"]),
         new_scopes=_load_scopes(row["new_scopes"]),
+        old_expire_time=_optional_time(row["old_expire_time"]),
+        new_expire_time=_optional_time(row["new_expire_time"]),
+        old_allowed_cidrs=tuple(json.loads(row["old_allowed_cidrs"])),
+        new_allowed_cidrs=tuple(json.loads(row["new_allowed_cidrs"])),
+        previous_secret_expire_time=_optional_time(row["previous_secret_expire_time"]),
     )

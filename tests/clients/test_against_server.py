@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -133,3 +134,96 @@ async def test_cli_admin_session(harness: Harness, capsys: pytest.CaptureFixture
     code, out, _ = await cli("--json", "audit", "--key-id", key_id)
     actions = [event["action"] for event in json.loads(out)["events"]]
     assert actions == ["AUDIT_ACTION_DELETED", "AUDIT_ACTION_REVEALED", "AUDIT_ACTION_CREATED"]
+
+
+async def test_cli_lifecycle_session(harness: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    async def cli(*args: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(run_cli, harness, *args)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await cli(
+        "--json",
+        "keys",
+        "create",
+        "--name",
+        "Office only",
+        "--scope",
+        "campaigns.read",
+        "--expires",
+        "30d",
+        "--allow-cidr",
+        "203.0.113.0/24",
+    )
+    assert code == 0
+    created = json.loads(out)
+    key_id, secret = created["key"]["id"], created["secret"]
+    assert created["key"]["allowed_cidrs"] == ["203.0.113.0/24"]
+    assert created["key"]["state"] == "STATE_ACTIVE" and "expire_time" in created["key"]
+
+    code, out, _ = await cli("check", secret, "GET", "/api/v4/campaigns")
+    assert code == 1 and "REASON_IP_NOT_ALLOWED" in out
+    code, out, _ = await cli(
+        "check", "--client-ip", "203.0.113.9", secret, "GET", "/api/v4/campaigns"
+    )
+    assert code == 0 and "REASON_ALLOWED" in out
+
+    code, out, _ = await cli("keys", "disable", key_id)
+    assert code == 0 and "disabled" in out
+    code, out, _ = await cli("keys", "list")
+    assert code == 0 and "STATE" in out and "disabled" in out
+    code, out, _ = await cli(
+        "check", "--client-ip", "203.0.113.9", secret, "GET", "/api/v4/campaigns"
+    )
+    assert code == 1 and "REASON_KEY_DISABLED" in out
+    code, out, _ = await cli("keys", "enable", key_id)
+    assert code == 0 and "active" in out
+
+    code, out, _ = await cli("keys", "update", key_id, "--expires", "never", "--any-address")
+    assert code == 0 and "never" in out and "any address" in out
+    code, out, _ = await cli("keys", "roll", key_id, "--overlap", "0s")
+    assert code == 0 and "no longer works" in out
+    [rolled] = [line.strip() for line in out.splitlines() if line.strip().startswith("vsk_")]
+    code, out, _ = await cli("check", secret, "GET", "/api/v4/campaigns")
+    assert code == 1 and "REASON_KEY_NOT_FOUND" in out
+    code, out, _ = await cli("check", rolled, "GET", "/api/v4/campaigns")
+    assert code == 0
+
+    with pytest.raises(SystemExit) as usage:
+        await cli("keys", "roll", key_id)
+    assert usage.value.code == 2 and "--overlap" in capsys.readouterr().err
+    code, out, _ = await cli("--json", "audit", "--key-id", key_id)
+    actions = [event["action"] for event in json.loads(out)["events"]]
+    assert actions == [
+        "AUDIT_ACTION_ROLLED",
+        "AUDIT_ACTION_UPDATED",
+        "AUDIT_ACTION_ENABLED",
+        "AUDIT_ACTION_DISABLED",
+        "AUDIT_ACTION_CREATED",
+    ]
+
+
+async def test_async_clients_disable_enable_and_roll(harness: Harness) -> None:
+    async with AsyncKeyAdminClient(options(harness), token=harness.token()) as admin:
+        key, secret = await admin.create_key("crm", scopes=["users.read"])
+        async with AsyncAuthorizeClient(options(harness)) as authorize:
+            await admin.disable_key(key.id)
+            disabled = await authorize.check(secret, "GET", "/api/v4/users")
+            assert disabled.reason is Reason.KEY_DISABLED and not disabled.allowed
+            await admin.enable_key(key.id)
+            rolled, new_secret = await admin.roll_key(key.id, overlap=timedelta(hours=1))
+            assert rolled.masked_key.endswith(new_secret[-4:])
+            for usable in (secret, new_secret):
+                assert (await authorize.check(usable, "GET", "/api/v4/users")).allowed
+            limited = await admin.update_key(key.id, allowed_cidrs=["2001:db8::/32"])
+            assert list(limited.allowed_cidrs) == ["2001:db8::/32"]
+            outside = await authorize.check(new_secret, "GET", "/api/v4/users", client_ip="::1")
+            assert outside.reason is Reason.IP_NOT_ALLOWED
+            inside = await authorize.check(
+                new_secret, "GET", "/api/v4/users", client_ip="2001:db8::5"
+            )
+            assert inside.allowed
+        with pytest.raises(InvalidArgument):
+            await admin.create_key(
+                "late", scopes=["users.read"], expire_time=datetime.now(UTC) - timedelta(1)
+            )

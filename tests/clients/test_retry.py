@@ -537,7 +537,10 @@ def test_cli_update_without_changes_is_a_usage_error(
     status = main(["--token", "t.t.t", "keys", "update", "key_1"])
 
     assert status == 2
-    assert "--name, --description or --scope" in capsys.readouterr().err
+    assert (
+        "--name, --description, --scope, --expires, --allow-cidr or --any-address"
+        in capsys.readouterr().err
+    )
 
 
 def test_cli_global_options_work_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -260,3 +260,15 @@ async def test_the_access_log_keeps_a_path_percent_encoded(
     assert page.status_code == 404
     assert "GET /keys/forged%0Aline 404 " in caplog.text
     assert not [record for record in caplog.records if "\n" in record.getMessage()]
+
+
+async def test_the_key_page_shows_state_expiry_and_allowed_networks(stack: Stack) -> None:
+    csrf, headers = await signed_in_form(stack, stack.token())
+    async with stack.http() as http:
+        created = await http.post("/keys", data={**CREATE_FORM, CSRF_FIELD: csrf}, headers=headers)
+        secret = created.text.split('id="secret" class="secret-value">')[1].split("<")[0]
+        key_id = (await stack.check(secret, "GET", "/api/v4/users")).key_id
+        key_page = await http.get(f"/keys/{key_id}", headers=headers)
+    assert '<dt>State</dt><dd class="state">Active</dd>' in key_page.text
+    assert "<dt>Expires</dt><dd>Never</dd>" in key_page.text
+    assert "<dt>Allowed from</dt><dd>Any address</dd>" in key_page.text

@@ -30,14 +30,14 @@ def test_catalog_has_exactly_the_contract_scopes() -> None:
     assert set(SCOPE_CATALOG) == CONTRACT_SCOPES
 
 
-def test_each_scope_names_its_domain_and_describes_itself() -> None:
+def test_each_scope_names_its_domain_by_display_name_and_defines_itself() -> None:
     for name, scope in SCOPE_CATALOG.items():
         assert isinstance(scope, Scope)
         assert scope.name == name
-        assert scope.domain == name.split(".")[0]
-        assert scope.description
-    assert SCOPE_CATALOG["contact_center.wrapup_codes.read"].domain == "contact_center"
-    assert SCOPE_CATALOG["messaging.sms.send"].domain == "messaging"
+        assert scope.domain.replace(" ", "_").lower() == name.split(".")[0]
+        assert scope.description.endswith(".")
+    assert SCOPE_CATALOG["contact_center.wrapup_codes.read"].domain == "Contact Center"
+    assert SCOPE_CATALOG["messaging.sms.send"].domain == "Messaging"
 
 
 def test_every_manage_scope_implies_its_read_scope() -> None:

@@ -36,7 +36,9 @@ def store(sql_store: SqlKeyStore) -> SqlKeyStore:
     return sql_store
 
 
-async def _read_all(store: SqlKeyStore, position: FeedPosition, *, limit: int = 100) -> ChangePage:
+async def read_changes(
+    store: SqlKeyStore, position: FeedPosition, *, limit: int = 100
+) -> ChangePage:
     """Every page from ``position`` on, as one page (flags of any page)."""
     changes: list[Any] = []
     missed = reset = False
@@ -93,7 +95,7 @@ async def test_every_mutation_appears_once_in_the_order_taken(
     await store.reveal_key("cc-1", key.id, actor_id="a", time=T1)
     await store.delete_key("cc-1", key.id, actor_id="a", time=T1)
 
-    page = await _read_all(store, position, limit=1)
+    page = await read_changes(store, position, limit=1)
 
     assert [(c.kind, c.lookup_hash) for c in page.changes] == [
         (ChangeKind.CREATED, key.lookup_hash),
@@ -101,7 +103,7 @@ async def test_every_mutation_appears_once_in_the_order_taken(
         (ChangeKind.DELETED, key.lookup_hash),
     ]
     assert [c.seq for c in page.changes] == sorted({c.seq for c in page.changes})
-    assert (await _read_all(store, page.position)).changes == ()
+    assert (await read_changes(store, page.position)).changes == ()
 
 
 async def test_a_failed_mutation_appends_nothing(store: SqlKeyStore, make_key: KeyFactory) -> None:
@@ -112,7 +114,7 @@ async def test_a_failed_mutation_appends_nothing(store: SqlKeyStore, make_key: K
         await store.create_key(make_key(lookup_hash=key.lookup_hash), max_keys=LIMIT)
     assert await store.delete_key("cc-1", "key_missing", actor_id="a", time=T1) is None
 
-    assert (await _read_all(store, position)).changes == ()
+    assert (await read_changes(store, position)).changes == ()
 
 
 async def test_pruning_goes_by_age_and_a_reader_behind_it_hears_so(
@@ -125,10 +127,10 @@ async def test_pruning_goes_by_age_and_a_reader_behind_it_hears_so(
     assert await _prune_everything(store) == 1
     assert await store.prune_changes(timedelta(0)) == 0
 
-    page = await _read_all(store, behind)
+    page = await read_changes(store, behind)
     assert page.changes == () and page.missed
     newer = await store.create_key(make_key(), max_keys=LIMIT)
-    after = await _read_all(store, page.position)
+    after = await read_changes(store, page.position)
     assert [c.lookup_hash for c in after.changes] == [newer.lookup_hash] and not after.missed
 
 
@@ -141,7 +143,7 @@ async def test_a_reader_that_kept_up_is_not_told_it_missed_anything(
 
     assert await _prune_everything(store) == 1
 
-    assert not (await _read_all(store, position)).missed
+    assert not (await read_changes(store, position)).missed
 
 
 async def test_a_database_file_replaced_under_a_reader_resets_it(
@@ -197,7 +199,7 @@ async def _delete_in_flight(
             key.lookup_hash,
         )
         created = [await store.create_key(make_key(), max_keys=LIMIT) for _ in range(later)]
-        read = await _read_all(store, position)
+        read = await read_changes(store, position)
         assert [c.lookup_hash for c in read.changes] == [k.lookup_hash for k in created]
         assert all(c.seq > seq for c in read.changes)
         yield _InFlight(key=key, seq=int(seq), read=read, commit=transaction.commit)
@@ -216,11 +218,11 @@ async def test_a_change_committed_after_later_ones_were_read_is_still_read(
             # often it reads meanwhile.
             read = stalled.read
             for _ in range(3):
-                read = await _read_all(store, read.position)
+                read = await read_changes(store, read.position)
                 assert read.changes == ()
             await stalled.commit()
 
-        late = await _read_all(store, read.position)
+        late = await read_changes(store, read.position)
     finally:
         await store.close()
 
@@ -240,7 +242,7 @@ async def test_a_pruner_far_ahead_in_time_cannot_prune_a_change_still_in_flight(
             await store.prune_changes(timedelta(days=-1))
             await stalled.commit()
 
-        late = await _read_all(store, stalled.read.position)
+        late = await read_changes(store, stalled.read.position)
     finally:
         await store.close()
 
@@ -263,7 +265,7 @@ async def test_a_reader_pointed_at_another_database_is_reset(
             await other.create_key(make_key(), max_keys=LIMIT)
 
             page = await other.changes_since(position, limit=10)
-            after = await _read_all(other, page.position)
+            after = await read_changes(other, page.position)
         finally:
             await first.close()
             await other.close()

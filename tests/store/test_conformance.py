@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from server.domain.errors import KeyCollision, KeyLimitExceeded, StoreUnavailable
-from server.domain.records import AuditAction, KeyChanges, KeyCursor, KeyRecord
+from server.domain.records import (
+    AuditAction,
+    ChangeKind,
+    KeyChanges,
+    KeyCursor,
+    KeyRecord,
+    Roll,
+)
 from server.domain.store import KeyStore
-from server.store import check_database_url, open_store
+from server.store import SqlKeyStore, check_database_url, open_store
 from tests.conftest import BASE_TIME, KeyFactory
+from tests.store.test_change_feed import read_changes
 
 LIMIT = 50
 T1 = BASE_TIME + timedelta(days=1)
@@ -540,3 +549,142 @@ def _overwrite_with_garbage(directory: Path, pattern: str) -> None:
 
 def _with(key: KeyRecord, **changes: object) -> KeyRecord:
     return replace(key, **changes)  # type: ignore[arg-type]
+
+
+def _roll(previous_expire_time: datetime) -> Roll:
+    return Roll(
+        lookup_hash=secrets.token_bytes(32),
+        last4="N3w4",
+        secret_ciphertext=secrets.token_bytes(60),
+        encryption_key_id="k1",
+        previous_expire_time=previous_expire_time,
+    )
+
+
+async def test_lifecycle_fields_read_back_and_update_only_when_named(
+    store: KeyStore, make_key: KeyFactory
+) -> None:
+    key = await store.create_key(
+        make_key(expire_time=T2, allowed_cidrs=("10.0.0.0/8", "2001:db8::/32")), max_keys=LIMIT
+    )
+    assert await store.find_by_lookup_hash(key.lookup_hash) == key
+    assert (key.expire_time, key.allowed_cidrs, key.disabled) == (
+        T2,
+        ("10.0.0.0/8", "2001:db8::/32"),
+        False,
+    )
+
+    _, renamed = await store.update_key(
+        "cc-1", key.id, KeyChanges(name="renamed"), actor_id="a", time=T1
+    ) or (None, None)
+    assert renamed is not None and (renamed.expire_time, renamed.allowed_cidrs) == (
+        T2,
+        key.allowed_cidrs,
+    )
+    _, cleared = await store.update_key(
+        "cc-1", key.id, KeyChanges(expire_time=None, allowed_cidrs=()), actor_id="a", time=T1
+    ) or (None, None)
+    assert cleared is not None and (cleared.expire_time, cleared.allowed_cidrs) == (None, ())
+    assert await store.find_by_lookup_hash(key.lookup_hash) == cleared
+    page = await store.list_audit_events("cc-1", key_id=key.id, before_id=None, limit=10)
+    assert (page.events[0].old_expire_time, page.events[0].new_expire_time) == (T2, None)
+    assert page.events[2].new_allowed_cidrs == key.allowed_cidrs
+
+
+async def test_disabling_and_enabling_keep_the_key_and_are_audited(
+    store: KeyStore, make_key: KeyFactory
+) -> None:
+    key = await store.create_key(make_key(), max_keys=LIMIT)
+
+    disabled = await store.set_key_disabled("cc-1", key.id, True, actor_id="a", time=T1)
+    assert disabled is not None and disabled[1].disabled and disabled[1].update_time == T1
+    assert await store.find_by_lookup_hash(key.lookup_hash) == disabled[1]
+    enabled = await store.set_key_disabled("cc-1", key.id, False, actor_id="a", time=T2)
+    assert enabled is not None and not enabled[1].disabled
+    assert await store.set_key_disabled("cc-2", key.id, True, actor_id="a", time=T2) is None
+
+    page = await store.list_audit_events("cc-1", key_id=key.id, before_id=None, limit=10)
+    assert [event.action for event in page.events] == [
+        AuditAction.ENABLED,
+        AuditAction.DISABLED,
+        AuditAction.CREATED,
+    ]
+
+
+async def test_a_rolled_key_is_found_by_both_hashes_until_the_next_roll_or_delete(
+    store: KeyStore, make_key: KeyFactory
+) -> None:
+    key = await store.create_key(make_key(), max_keys=LIMIT)
+    first = _roll(T2)
+
+    result = await store.roll_key("cc-1", key.id, first, actor_id="a", time=T1)
+
+    assert result is not None
+    rolled = result[1]
+    assert (rolled.id, rolled.lookup_hash, rolled.last4) == (key.id, first.lookup_hash, "N3w4")
+    assert (rolled.previous_lookup_hash, rolled.previous_expire_time) == (key.lookup_hash, T2)
+    assert await store.find_by_lookup_hash(key.lookup_hash) == rolled
+    assert await store.find_by_lookup_hash(first.lookup_hash) == rolled
+    # The replaced hash is retired at once: no new key can take it.
+    with pytest.raises(KeyCollision):
+        await store.create_key(make_key(lookup_hash=key.lookup_hash), max_keys=LIMIT)
+
+    second = _roll(T2)
+    again = await store.roll_key("cc-1", key.id, second, actor_id="a", time=T1)
+    assert again is not None and again[1].previous_lookup_hash == first.lookup_hash
+    assert await store.find_by_lookup_hash(key.lookup_hash) is None
+
+    await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
+    for lookup_hash in (key.lookup_hash, first.lookup_hash, second.lookup_hash):
+        assert await store.find_by_lookup_hash(lookup_hash) is None
+    page = await store.list_audit_events("cc-1", key_id=key.id, before_id=None, limit=10)
+    assert [event.action for event in page.events] == [
+        AuditAction.DELETED,
+        AuditAction.ROLLED,
+        AuditAction.ROLLED,
+        AuditAction.CREATED,
+    ]
+    assert page.events[1].previous_secret_expire_time == T2
+
+
+async def test_a_roll_without_overlap_keeps_one_hash_and_refuses_a_used_one(
+    store: KeyStore, make_key: KeyFactory
+) -> None:
+    key = await store.create_key(make_key(), max_keys=LIMIT)
+    other = await store.create_key(make_key(), max_keys=LIMIT)
+
+    result = await store.roll_key("cc-1", key.id, _roll(T1), actor_id="a", time=T1)
+
+    assert result is not None and result[1].previous_lookup_hash is None
+    assert await store.find_by_lookup_hash(key.lookup_hash) is None
+    taken = replace(_roll(T1), lookup_hash=other.lookup_hash)
+    with pytest.raises(KeyCollision):
+        await store.roll_key("cc-1", key.id, taken, actor_id="a", time=T1)
+    assert await store.roll_key("cc-2", key.id, _roll(T1), actor_id="a", time=T1) is None
+
+
+async def test_each_change_names_every_lookup_hash_of_the_key(
+    store: KeyStore, sql_store: SqlKeyStore, make_key: KeyFactory
+) -> None:
+    key = await store.create_key(make_key(), max_keys=LIMIT)
+    position = (await sql_store.changes_since(None, limit=10)).position
+    roll = _roll(T2)
+
+    await store.roll_key("cc-1", key.id, roll, actor_id="a", time=T1)
+    await store.set_key_disabled("cc-1", key.id, True, actor_id="a", time=T1)
+    await store.set_key_disabled("cc-1", key.id, False, actor_id="a", time=T1)
+    await store.update_key("cc-1", key.id, KeyChanges(name="n"), actor_id="a", time=T1)
+    await store.delete_key("cc-1", key.id, actor_id="a", time=T2)
+
+    page = await read_changes(sql_store, position)
+    both = {key.lookup_hash, roll.lookup_hash}
+    named: dict[ChangeKind, set[bytes]] = {}
+    for change in page.changes:
+        named.setdefault(change.kind, set()).add(change.lookup_hash)
+    assert named == {
+        ChangeKind.ROLLED: both,
+        ChangeKind.DISABLED: both,
+        ChangeKind.ENABLED: both,
+        ChangeKind.UPDATED: both,
+        ChangeKind.DELETED: both,
+    }

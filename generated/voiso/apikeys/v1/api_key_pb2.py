@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evoiso/apikeys/v1/api_key.proto\x12\x10voiso.apikeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x12\n\nmasked_key\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\">\n\tScopeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x91\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12-\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1d.voiso.apikeys.v1.AuditAction\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08old_name\x18\x06 \x01(\t\x12\x10\n\x08new_name\x18\x07 \x01(\t\x12\x17\n\x0fold_description\x18\x08 \x01(\t\x12\x17\n\x0fnew_description\x18\t \x01(\t\x12\x12\n\nold_scopes\x18\n \x03(\t\x12\x12\n\nnew_scopes\x18\x0b \x03(\t*\x94\x01\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIT_ACTION_CREATED\x10\x01\x12\x18\n\x14\x41UDIT_ACTION_UPDATED\x10\x02\x12\x18\n\x14\x41UDIT_ACTION_DELETED\x10\x03\x12\x19\n\x15\x41UDIT_ACTION_REVEALED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evoiso/apikeys/v1/api_key.proto\x12\x10voiso.apikeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x03\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x12\n\nmasked_key\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x05state\x18\x0b \x01(\x0e\x32\x1e.voiso.apikeys.v1.ApiKey.State\x12\x15\n\rallowed_cidrs\x18\x0c \x03(\t\"W\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ACTIVE\x10\x01\x12\x12\n\x0eSTATE_DISABLED\x10\x02\x12\x11\n\rSTATE_EXPIRED\x10\x03\">\n\tScopeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xf2\x03\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12-\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1d.voiso.apikeys.v1.AuditAction\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08old_name\x18\x06 \x01(\t\x12\x10\n\x08new_name\x18\x07 \x01(\t\x12\x17\n\x0fold_description\x18\x08 \x01(\t\x12\x17\n\x0fnew_description\x18\t \x01(\t\x12\x12\n\nold_scopes\x18\n \x03(\t\x12\x12\n\nnew_scopes\x18\x0b \x03(\t\x12\x33\n\x0fold_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnew_expire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11old_allowed_cidrs\x18\x0e \x03(\t\x12\x19\n\x11new_allowed_cidrs\x18\x0f \x03(\t\x12?\n\x1bprevious_secret_expire_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\x0b\x41uditAction\x12\x1c\n\x18\x41UDIT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIT_ACTION_CREATED\x10\x01\x12\x18\n\x14\x41UDIT_ACTION_UPDATED\x10\x02\x12\x18\n\x14\x41UDIT_ACTION_DELETED\x10\x03\x12\x19\n\x15\x41UDIT_ACTION_REVEALED\x10\x04\x12\x19\n\x15\x41UDIT_ACTION_DISABLED\x10\x05\x12\x18\n\x14\x41UDIT_ACTION_ENABLED\x10\x06\x12\x17\n\x13\x41UDIT_ACTION_ROLLED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voiso.apikeys.v1.api_key_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITACTION']._serialized_start=690
-  _globals['_AUDITACTION']._serialized_end=838
+  _globals['_AUDITACTION']._serialized_start=1123
+  _globals['_AUDITACTION']._serialized_end=1349
   _globals['_APIKEY']._serialized_start=86
-  _globals['_APIKEY']._serialized_end=347
-  _globals['_SCOPEINFO']._serialized_start=349
-  _globals['_SCOPEINFO']._serialized_end=411
-  _globals['_AUDITEVENT']._serialized_start=414
-  _globals['_AUDITEVENT']._serialized_end=687
+  _globals['_APIKEY']._serialized_end=555
+  _globals['_APIKEY_STATE']._serialized_start=468
+  _globals['_APIKEY_STATE']._serialized_end=555
+  _globals['_SCOPEINFO']._serialized_start=557
+  _globals['_SCOPEINFO']._serialized_end=619
+  _globals['_AUDITEVENT']._serialized_start=622
+  _globals['_AUDITEVENT']._serialized_end=1120
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,12 @@ class _AuditActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditActi
     """The key was deleted (revoked)."""
     AUDIT_ACTION_REVEALED: _AuditAction.ValueType  # 4
     """The key's secret was revealed to an admin."""
+    AUDIT_ACTION_DISABLED: _AuditAction.ValueType  # 5
+    """The key was disabled."""
+    AUDIT_ACTION_ENABLED: _AuditAction.ValueType  # 6
+    """The key was enabled again."""
+    AUDIT_ACTION_ROLLED: _AuditAction.ValueType  # 7
+    """The key got a new secret."""
 
 class AuditAction(_AuditAction, metaclass=_AuditActionEnumTypeWrapper):
     """What an audit event records."""
@@ -50,6 +56,12 @@ AUDIT_ACTION_DELETED: AuditAction.ValueType  # 3
 """The key was deleted (revoked)."""
 AUDIT_ACTION_REVEALED: AuditAction.ValueType  # 4
 """The key's secret was revealed to an admin."""
+AUDIT_ACTION_DISABLED: AuditAction.ValueType  # 5
+"""The key was disabled."""
+AUDIT_ACTION_ENABLED: AuditAction.ValueType  # 6
+"""The key was enabled again."""
+AUDIT_ACTION_ROLLED: AuditAction.ValueType  # 7
+"""The key got a new secret."""
 Global___AuditAction: _TypeAlias = AuditAction  # noqa: Y015
 
 @_typing.final
@@ -61,6 +73,33 @@ class ApiKey(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ApiKey._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: ApiKey._State.ValueType  # 0
+        """Never set by the service."""
+        STATE_ACTIVE: ApiKey._State.ValueType  # 1
+        """The key is accepted."""
+        STATE_DISABLED: ApiKey._State.ValueType  # 2
+        """DisableKey paused the key; EnableKey resumes it."""
+        STATE_EXPIRED: ApiKey._State.ValueType  # 3
+        """The key's expire_time has passed."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """A key's state, as of the response."""
+
+    STATE_UNSPECIFIED: ApiKey.State.ValueType  # 0
+    """Never set by the service."""
+    STATE_ACTIVE: ApiKey.State.ValueType  # 1
+    """The key is accepted."""
+    STATE_DISABLED: ApiKey.State.ValueType  # 2
+    """DisableKey paused the key; EnableKey resumes it."""
+    STATE_EXPIRED: ApiKey.State.ValueType  # 3
+    """The key's expire_time has passed."""
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
@@ -70,6 +109,9 @@ class ApiKey(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_USED_TIME_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque, stable identifier of the key."""
     name: _builtins.str
@@ -80,6 +122,8 @@ class ApiKey(_message.Message):
     """The key with all but its last 4 characters hidden, e.g. "••••Zx9k"."""
     created_by: _builtins.str
     """Actor id (the admin token's `sub`) of whoever created the key."""
+    state: Global___ApiKey.State.ValueType
+    """Whether Check would accept the key now (scopes and address aside)."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes granted to the key, sorted, without duplicates."""
@@ -90,11 +134,21 @@ class ApiKey(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When the key's name, description or scopes last changed."""
+        """When the key last changed (UpdateKey, DisableKey, EnableKey, RollKey)."""
 
     @_builtins.property
     def last_used_time(self) -> _timestamp_pb2.Timestamp:
         """When the key last authorized a request; unset if it never did."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops working; unset if it never expires."""
+
+    @_builtins.property
+    def allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Networks (IPv4 or IPv6, e.g. "203.0.113.0/24") the key may be used
+        from; empty means any address.
+        """
 
     def __init__(
         self,
@@ -108,10 +162,13 @@ class ApiKey(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_used_time: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___ApiKey.State.ValueType = ...,
+        allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_used_time", b"last_used_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "created_by", b"created_by", "description", b"description", "id", b"id", "last_used_time", b"last_used_time", "masked_key", b"masked_key", "name", b"name", "scopes", b"scopes", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "create_time", b"create_time", "created_by", b"created_by", "description", b"description", "expire_time", b"expire_time", "id", b"id", "last_used_time", b"last_used_time", "masked_key", b"masked_key", "name", b"name", "scopes", b"scopes", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,9 +186,11 @@ class ScopeInfo(_message.Message):
     name: _builtins.str
     """Scope name, e.g. "campaigns.read"."""
     domain: _builtins.str
-    """Product area the scope belongs to, e.g. "campaigns"."""
+    """Display name of the product area the scope belongs to, e.g. "Campaigns"
+    or "Contact Center".
+    """
     description: _builtins.str
-    """What the scope allows, for display in admin tooling."""
+    """The published definition of what the scope allows, shown to admins."""
     def __init__(
         self,
         *,
@@ -166,6 +225,11 @@ class AuditEvent(_message.Message):
     NEW_DESCRIPTION_FIELD_NUMBER: _builtins.int
     OLD_SCOPES_FIELD_NUMBER: _builtins.int
     NEW_SCOPES_FIELD_NUMBER: _builtins.int
+    OLD_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    NEW_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    OLD_ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    NEW_ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque identifier of the event."""
     key_id: _builtins.str
@@ -194,6 +258,30 @@ class AuditEvent(_message.Message):
     def new_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes after the change (created, updated), sorted."""
 
+    @_builtins.property
+    def old_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Expiry before the change (updated with expire_time in the mask, deleted)."""
+
+    @_builtins.property
+    def new_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Expiry after the change (created, updated with expire_time in the mask)."""
+
+    @_builtins.property
+    def old_allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allowed networks before the change (updated with allowed_cidrs in the
+        mask, deleted).
+        """
+
+    @_builtins.property
+    def new_allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Allowed networks after the change (created, updated with allowed_cidrs
+        in the mask).
+        """
+
+    @_builtins.property
+    def previous_secret_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Rolled: when the secret the roll replaced stops working."""
+
     def __init__(
         self,
         *,
@@ -208,10 +296,15 @@ class AuditEvent(_message.Message):
         new_description: _builtins.str = ...,
         old_scopes: _abc.Iterable[_builtins.str] | None = ...,
         new_scopes: _abc.Iterable[_builtins.str] | None = ...,
+        old_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        new_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        old_allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        new_allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        previous_secret_expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["new_expire_time", b"new_expire_time", "old_expire_time", b"old_expire_time", "previous_secret_expire_time", b"previous_secret_expire_time", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_id", b"actor_id", "id", b"id", "key_id", b"key_id", "new_description", b"new_description", "new_name", b"new_name", "new_scopes", b"new_scopes", "old_description", b"old_description", "old_name", b"old_name", "old_scopes", b"old_scopes", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_id", b"actor_id", "id", b"id", "key_id", b"key_id", "new_allowed_cidrs", b"new_allowed_cidrs", "new_description", b"new_description", "new_expire_time", b"new_expire_time", "new_name", b"new_name", "new_scopes", b"new_scopes", "old_allowed_cidrs", b"old_allowed_cidrs", "old_description", b"old_description", "old_expire_time", b"old_expire_time", "old_name", b"old_name", "old_scopes", b"old_scopes", "previous_secret_expire_time", b"previous_secret_expire_time", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

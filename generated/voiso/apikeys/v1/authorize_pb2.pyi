@@ -37,6 +37,12 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """The key exists, but none of its scopes covers the route."""
     REASON_ROUTE_NOT_FOUND: _Reason.ValueType  # 5
     """No route matches the method and path, or the path is not canonical."""
+    REASON_KEY_DISABLED: _Reason.ValueType  # 6
+    """The key exists but is disabled."""
+    REASON_KEY_EXPIRED: _Reason.ValueType  # 7
+    """The key exists but its expire_time has passed."""
+    REASON_IP_NOT_ALLOWED: _Reason.ValueType  # 8
+    """The key exists but client_ip is not in any of its allowed networks."""
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a check was decided as it was."""
@@ -53,6 +59,12 @@ REASON_SCOPE_MISSING: Reason.ValueType  # 4
 """The key exists, but none of its scopes covers the route."""
 REASON_ROUTE_NOT_FOUND: Reason.ValueType  # 5
 """No route matches the method and path, or the path is not canonical."""
+REASON_KEY_DISABLED: Reason.ValueType  # 6
+"""The key exists but is disabled."""
+REASON_KEY_EXPIRED: Reason.ValueType  # 7
+"""The key exists but its expire_time has passed."""
+REASON_IP_NOT_ALLOWED: Reason.ValueType  # 8
+"""The key exists but client_ip is not in any of its allowed networks."""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 @_typing.final
@@ -64,22 +76,28 @@ class CheckRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    CLIENT_IP_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The API key, as sent in `Authorization: Bearer <key>`."""
     method: _builtins.str
     """The HTTP method, case-sensitive ("GET", not "get")."""
     path: _builtins.str
     """The HTTP request target path; a query string is ignored."""
+    client_ip: _builtins.str
+    """The caller's IPv4 or IPv6 address, for keys limited to networks; empty
+    is outside every network. An unparsable address is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         method: _builtins.str = ...,
         path: _builtins.str = ...,
+        client_ip: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "method", b"method", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ip", b"client_ip", "key", b"key", "method", b"method", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,7 +117,9 @@ class CheckResponse(_message.Message):
     REQUIRED_SCOPES_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
-    """True only when the key exists and one of its scopes covers the route."""
+    """True only when the key exists, is usable now from client_ip, and one of
+    its scopes covers the route.
+    """
     reason: Global___Reason.ValueType
     """Why."""
     key_id: _builtins.str

@@ -22,49 +22,63 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from voiso.apikeys.v1 import api_key_pb2 as voiso_dot_apikeys_dot_v1_dot_api__key__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n voiso/apikeys/v1/key_admin.proto\x12\x10voiso.apikeys.v1\x1a google/protobuf/field_mask.proto\x1a\x1evoiso/apikeys/v1/api_key.proto\"E\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"J\n\x11\x43reateKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x1b\n\rGetKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x0eGetKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\"G\n\x0fListKeysRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x10ListKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\x82\x01\n\x10UpdateKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0bupdate_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x11UpdateKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\"\x1e\n\x10\x44\x65leteKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteKeyResponse\"\x1e\n\x10RevealKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x11RevealKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\"\x13\n\x11ListScopesRequest\"A\n\x12ListScopesResponse\x12+\n\x06scopes\x18\x01 \x03(\x0b\x32\x1b.voiso.apikeys.v1.ScopeInfo\"O\n\x16ListAuditEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.voiso.apikeys.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xc3\x05\n\x08KeyAdmin\x12T\n\tCreateKey\x12\".voiso.apikeys.v1.CreateKeyRequest\x1a#.voiso.apikeys.v1.CreateKeyResponse\x12K\n\x06GetKey\x12\x1f.voiso.apikeys.v1.GetKeyRequest\x1a .voiso.apikeys.v1.GetKeyResponse\x12Q\n\x08ListKeys\x12!.voiso.apikeys.v1.ListKeysRequest\x1a\".voiso.apikeys.v1.ListKeysResponse\x12T\n\tUpdateKey\x12\".voiso.apikeys.v1.UpdateKeyRequest\x1a#.voiso.apikeys.v1.UpdateKeyResponse\x12T\n\tDeleteKey\x12\".voiso.apikeys.v1.DeleteKeyRequest\x1a#.voiso.apikeys.v1.DeleteKeyResponse\x12T\n\tRevealKey\x12\".voiso.apikeys.v1.RevealKeyRequest\x1a#.voiso.apikeys.v1.RevealKeyResponse\x12W\n\nListScopes\x12#.voiso.apikeys.v1.ListScopesRequest\x1a$.voiso.apikeys.v1.ListScopesResponse\x12\x66\n\x0fListAuditEvents\x12(.voiso.apikeys.v1.ListAuditEventsRequest\x1a).voiso.apikeys.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n voiso/apikeys/v1/key_admin.proto\x12\x10voiso.apikeys.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1evoiso/apikeys/v1/api_key.proto\"\x8d\x01\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rallowed_cidrs\x18\x05 \x03(\t\"J\n\x11\x43reateKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x1b\n\rGetKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x0eGetKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\"G\n\x0fListKeysRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x10ListKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xca\x01\n\x10UpdateKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0bupdate_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rallowed_cidrs\x18\x07 \x03(\t\":\n\x11UpdateKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\"\x1e\n\x10\x44\x65leteKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteKeyResponse\"\x1e\n\x10RevealKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x11RevealKeyResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\"\x13\n\x11ListScopesRequest\"A\n\x12ListScopesResponse\x12+\n\x06scopes\x18\x01 \x03(\x0b\x32\x1b.voiso.apikeys.v1.ScopeInfo\"O\n\x16ListAuditEventsRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListAuditEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.voiso.apikeys.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x44isableKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x12\x44isableKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\"\x1e\n\x10\x45nableKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x11\x45nableKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\"H\n\x0eRollKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x0fRollKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.voiso.apikeys.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t2\xc2\x07\n\x08KeyAdmin\x12T\n\tCreateKey\x12\".voiso.apikeys.v1.CreateKeyRequest\x1a#.voiso.apikeys.v1.CreateKeyResponse\x12K\n\x06GetKey\x12\x1f.voiso.apikeys.v1.GetKeyRequest\x1a .voiso.apikeys.v1.GetKeyResponse\x12Q\n\x08ListKeys\x12!.voiso.apikeys.v1.ListKeysRequest\x1a\".voiso.apikeys.v1.ListKeysResponse\x12T\n\tUpdateKey\x12\".voiso.apikeys.v1.UpdateKeyRequest\x1a#.voiso.apikeys.v1.UpdateKeyResponse\x12T\n\tDeleteKey\x12\".voiso.apikeys.v1.DeleteKeyRequest\x1a#.voiso.apikeys.v1.DeleteKeyResponse\x12T\n\tRevealKey\x12\".voiso.apikeys.v1.RevealKeyRequest\x1a#.voiso.apikeys.v1.RevealKeyResponse\x12W\n\nListScopes\x12#.voiso.apikeys.v1.ListScopesRequest\x1a$.voiso.apikeys.v1.ListScopesResponse\x12\x66\n\x0fListAuditEvents\x12(.voiso.apikeys.v1.ListAuditEventsRequest\x1a).voiso.apikeys.v1.ListAuditEventsResponse\x12W\n\nDisableKey\x12#.voiso.apikeys.v1.DisableKeyRequest\x1a$.voiso.apikeys.v1.DisableKeyResponse\x12T\n\tEnableKey\x12\".voiso.apikeys.v1.EnableKeyRequest\x1a#.voiso.apikeys.v1.EnableKeyResponse\x12N\n\x07RollKey\x12 .voiso.apikeys.v1.RollKeyRequest\x1a!.voiso.apikeys.v1.RollKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voiso.apikeys.v1.key_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEKEYREQUEST']._serialized_start=120
-  _globals['_CREATEKEYREQUEST']._serialized_end=189
-  _globals['_CREATEKEYRESPONSE']._serialized_start=191
-  _globals['_CREATEKEYRESPONSE']._serialized_end=265
-  _globals['_GETKEYREQUEST']._serialized_start=267
-  _globals['_GETKEYREQUEST']._serialized_end=294
-  _globals['_GETKEYRESPONSE']._serialized_start=296
-  _globals['_GETKEYRESPONSE']._serialized_end=351
-  _globals['_LISTKEYSREQUEST']._serialized_start=353
-  _globals['_LISTKEYSREQUEST']._serialized_end=424
-  _globals['_LISTKEYSRESPONSE']._serialized_start=426
-  _globals['_LISTKEYSRESPONSE']._serialized_end=529
-  _globals['_UPDATEKEYREQUEST']._serialized_start=532
-  _globals['_UPDATEKEYREQUEST']._serialized_end=662
-  _globals['_UPDATEKEYRESPONSE']._serialized_start=664
-  _globals['_UPDATEKEYRESPONSE']._serialized_end=722
-  _globals['_DELETEKEYREQUEST']._serialized_start=724
-  _globals['_DELETEKEYREQUEST']._serialized_end=754
-  _globals['_DELETEKEYRESPONSE']._serialized_start=756
-  _globals['_DELETEKEYRESPONSE']._serialized_end=775
-  _globals['_REVEALKEYREQUEST']._serialized_start=777
-  _globals['_REVEALKEYREQUEST']._serialized_end=807
-  _globals['_REVEALKEYRESPONSE']._serialized_start=809
-  _globals['_REVEALKEYRESPONSE']._serialized_end=844
-  _globals['_LISTSCOPESREQUEST']._serialized_start=846
-  _globals['_LISTSCOPESREQUEST']._serialized_end=865
-  _globals['_LISTSCOPESRESPONSE']._serialized_start=867
-  _globals['_LISTSCOPESRESPONSE']._serialized_end=932
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=934
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1013
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1015
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1111
-  _globals['_KEYADMIN']._serialized_start=1114
-  _globals['_KEYADMIN']._serialized_end=1821
+  _globals['_CREATEKEYREQUEST']._serialized_start=186
+  _globals['_CREATEKEYREQUEST']._serialized_end=327
+  _globals['_CREATEKEYRESPONSE']._serialized_start=329
+  _globals['_CREATEKEYRESPONSE']._serialized_end=403
+  _globals['_GETKEYREQUEST']._serialized_start=405
+  _globals['_GETKEYREQUEST']._serialized_end=432
+  _globals['_GETKEYRESPONSE']._serialized_start=434
+  _globals['_GETKEYRESPONSE']._serialized_end=489
+  _globals['_LISTKEYSREQUEST']._serialized_start=491
+  _globals['_LISTKEYSREQUEST']._serialized_end=562
+  _globals['_LISTKEYSRESPONSE']._serialized_start=564
+  _globals['_LISTKEYSRESPONSE']._serialized_end=667
+  _globals['_UPDATEKEYREQUEST']._serialized_start=670
+  _globals['_UPDATEKEYREQUEST']._serialized_end=872
+  _globals['_UPDATEKEYRESPONSE']._serialized_start=874
+  _globals['_UPDATEKEYRESPONSE']._serialized_end=932
+  _globals['_DELETEKEYREQUEST']._serialized_start=934
+  _globals['_DELETEKEYREQUEST']._serialized_end=964
+  _globals['_DELETEKEYRESPONSE']._serialized_start=966
+  _globals['_DELETEKEYRESPONSE']._serialized_end=985
+  _globals['_REVEALKEYREQUEST']._serialized_start=987
+  _globals['_REVEALKEYREQUEST']._serialized_end=1017
+  _globals['_REVEALKEYRESPONSE']._serialized_start=1019
+  _globals['_REVEALKEYRESPONSE']._serialized_end=1054
+  _globals['_LISTSCOPESREQUEST']._serialized_start=1056
+  _globals['_LISTSCOPESREQUEST']._serialized_end=1075
+  _globals['_LISTSCOPESRESPONSE']._serialized_start=1077
+  _globals['_LISTSCOPESRESPONSE']._serialized_end=1142
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1144
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1223
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1225
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1321
+  _globals['_DISABLEKEYREQUEST']._serialized_start=1323
+  _globals['_DISABLEKEYREQUEST']._serialized_end=1354
+  _globals['_DISABLEKEYRESPONSE']._serialized_start=1356
+  _globals['_DISABLEKEYRESPONSE']._serialized_end=1415
+  _globals['_ENABLEKEYREQUEST']._serialized_start=1417
+  _globals['_ENABLEKEYREQUEST']._serialized_end=1447
+  _globals['_ENABLEKEYRESPONSE']._serialized_start=1449
+  _globals['_ENABLEKEYRESPONSE']._serialized_end=1507
+  _globals['_ROLLKEYREQUEST']._serialized_start=1509
+  _globals['_ROLLKEYREQUEST']._serialized_end=1581
+  _globals['_ROLLKEYRESPONSE']._serialized_start=1583
+  _globals['_ROLLKEYRESPONSE']._serialized_end=1655
+  _globals['_KEYADMIN']._serialized_start=1658
+  _globals['_KEYADMIN']._serialized_end=2620
 # @@protoc_insertion_point(module_scope)

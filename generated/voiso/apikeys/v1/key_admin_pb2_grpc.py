@@ -79,6 +79,21 @@ class KeyAdminStub:
                 request_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.DisableKey = channel.unary_unary(
+                '/voiso.apikeys.v1.KeyAdmin/DisableKey',
+                request_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.DisableKeyRequest.SerializeToString,
+                response_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.DisableKeyResponse.FromString,
+                _registered_method=True)
+        self.EnableKey = channel.unary_unary(
+                '/voiso.apikeys.v1.KeyAdmin/EnableKey',
+                request_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.EnableKeyRequest.SerializeToString,
+                response_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.EnableKeyResponse.FromString,
+                _registered_method=True)
+        self.RollKey = channel.unary_unary(
+                '/voiso.apikeys.v1.KeyAdmin/RollKey',
+                request_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.RollKeyRequest.SerializeToString,
+                response_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.RollKeyResponse.FromString,
+                _registered_method=True)
 
 
 class KeyAdminServicer:
@@ -146,6 +161,29 @@ class KeyAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DisableKey(self, request, context):
+        """Disables a key: kept with its history, refused by Check. Needs
+        `api_keys.edit`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableKey(self, request, context):
+        """Enables a disabled key again. Needs `api_keys.edit`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollKey(self, request, context):
+        """Gives a key a new secret, returned once; the old one keeps working for
+        the overlap. Needs `api_keys.edit`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +226,21 @@ def add_KeyAdminServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'DisableKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableKey,
+                    request_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.DisableKeyRequest.FromString,
+                    response_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.DisableKeyResponse.SerializeToString,
+            ),
+            'EnableKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableKey,
+                    request_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.EnableKeyRequest.FromString,
+                    response_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.EnableKeyResponse.SerializeToString,
+            ),
+            'RollKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollKey,
+                    request_deserializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.RollKeyRequest.FromString,
+                    response_serializer=voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.RollKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,6 +464,87 @@ class KeyAdmin:
             '/voiso.apikeys.v1.KeyAdmin/ListAuditEvents',
             voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.ListAuditEventsRequest.SerializeToString,
             voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voiso.apikeys.v1.KeyAdmin/DisableKey',
+            voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.DisableKeyRequest.SerializeToString,
+            voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.DisableKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voiso.apikeys.v1.KeyAdmin/EnableKey',
+            voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.EnableKeyRequest.SerializeToString,
+            voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.EnableKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voiso.apikeys.v1.KeyAdmin/RollKey',
+            voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.RollKeyRequest.SerializeToString,
+            voiso_dot_apikeys_dot_v1_dot_key__admin__pb2.RollKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

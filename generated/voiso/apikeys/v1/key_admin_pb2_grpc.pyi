@@ -56,6 +56,16 @@ class KeyAdminStub:
     """Lists the scope catalog. Needs `api_keys.view`."""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.ListAuditEventsRequest, _key_admin_pb2.ListAuditEventsResponse]
     """Lists audit events, newest first. Needs `api_keys.view`."""
+    DisableKey: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.DisableKeyRequest, _key_admin_pb2.DisableKeyResponse]
+    """Disables a key: kept with its history, refused by Check. Needs
+    `api_keys.edit`.
+    """
+    EnableKey: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.EnableKeyRequest, _key_admin_pb2.EnableKeyResponse]
+    """Enables a disabled key again. Needs `api_keys.edit`."""
+    RollKey: _grpc.UnaryUnaryMultiCallable[_key_admin_pb2.RollKeyRequest, _key_admin_pb2.RollKeyResponse]
+    """Gives a key a new secret, returned once; the old one keeps working for
+    the overlap. Needs `api_keys.edit`.
+    """
 
 @_typing.type_check_only
 class KeyAdminAsyncStub(KeyAdminStub):
@@ -85,6 +95,16 @@ class KeyAdminAsyncStub(KeyAdminStub):
     """Lists the scope catalog. Needs `api_keys.view`."""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.ListAuditEventsRequest, _key_admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists audit events, newest first. Needs `api_keys.view`."""
+    DisableKey: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.DisableKeyRequest, _key_admin_pb2.DisableKeyResponse]  # type: ignore[assignment]
+    """Disables a key: kept with its history, refused by Check. Needs
+    `api_keys.edit`.
+    """
+    EnableKey: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.EnableKeyRequest, _key_admin_pb2.EnableKeyResponse]  # type: ignore[assignment]
+    """Enables a disabled key again. Needs `api_keys.edit`."""
+    RollKey: _aio.UnaryUnaryMultiCallable[_key_admin_pb2.RollKeyRequest, _key_admin_pb2.RollKeyResponse]  # type: ignore[assignment]
+    """Gives a key a new secret, returned once; the old one keeps working for
+    the overlap. Needs `api_keys.edit`.
+    """
 
 class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
     """Management of a contact center's API keys by its admins.
@@ -159,5 +179,33 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_key_admin_pb2.ListAuditEventsResponse]]:
         """Lists audit events, newest first. Needs `api_keys.view`."""
+
+    @_abc_1.abstractmethod
+    def DisableKey(
+        self,
+        request: _key_admin_pb2.DisableKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.DisableKeyResponse, _abc.Awaitable[_key_admin_pb2.DisableKeyResponse]]:
+        """Disables a key: kept with its history, refused by Check. Needs
+        `api_keys.edit`.
+        """
+
+    @_abc_1.abstractmethod
+    def EnableKey(
+        self,
+        request: _key_admin_pb2.EnableKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.EnableKeyResponse, _abc.Awaitable[_key_admin_pb2.EnableKeyResponse]]:
+        """Enables a disabled key again. Needs `api_keys.edit`."""
+
+    @_abc_1.abstractmethod
+    def RollKey(
+        self,
+        request: _key_admin_pb2.RollKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_key_admin_pb2.RollKeyResponse, _abc.Awaitable[_key_admin_pb2.RollKeyResponse]]:
+        """Gives a key a new secret, returned once; the old one keeps working for
+        the overlap. Needs `api_keys.edit`.
+        """
 
 def add_KeyAdminServicer_to_server(servicer: KeyAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

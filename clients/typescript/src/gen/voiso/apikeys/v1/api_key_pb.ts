@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiso/apikeys/v1/api_key.proto.
  */
 export const file_voiso_apikeys_v1_api_key: GenFile = /*@__PURE__*/
-  fileDesc("Ch52b2lzby9hcGlrZXlzL3YxL2FwaV9rZXkucHJvdG8SEHZvaXNvLmFwaWtleXMudjEihQIKBkFwaUtleRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnNjb3BlcxgEIAMoCRISCgptYXNrZWRfa2V5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF91c2VkX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCSABKAkiPgoJU2NvcGVJbmZvEgwKBG5hbWUYASABKAkSDgoGZG9tYWluGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIpECCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEg4KBmtleV9pZBgCIAEoCRItCgZhY3Rpb24YAyABKA4yHS52b2lzby5hcGlrZXlzLnYxLkF1ZGl0QWN0aW9uEhAKCGFjdG9yX2lkGAQgASgJEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG9sZF9uYW1lGAYgASgJEhAKCG5ld19uYW1lGAcgASgJEhcKD29sZF9kZXNjcmlwdGlvbhgIIAEoCRIXCg9uZXdfZGVzY3JpcHRpb24YCSABKAkSEgoKb2xkX3Njb3BlcxgKIAMoCRISCgpuZXdfc2NvcGVzGAsgAygJKpQBCgtBdWRpdEFjdGlvbhIcChhBVURJVF9BQ1RJT05fVU5TUEVDSUZJRUQQABIYChRBVURJVF9BQ1RJT05fQ1JFQVRFRBABEhgKFEFVRElUX0FDVElPTl9VUERBVEVEEAISGAoUQVVESVRfQUNUSU9OX0RFTEVURUQQAxIZChVBVURJVF9BQ1RJT05fUkVWRUFMRUQQBGIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Ch52b2lzby9hcGlrZXlzL3YxL2FwaV9rZXkucHJvdG8SEHZvaXNvLmFwaWtleXMudjEi1QMKBkFwaUtleRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnNjb3BlcxgEIAMoCRISCgptYXNrZWRfa2V5GAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF91c2VkX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYCSABKAkSLwoLZXhwaXJlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBXN0YXRlGAsgASgOMh4udm9pc28uYXBpa2V5cy52MS5BcGlLZXkuU3RhdGUSFQoNYWxsb3dlZF9jaWRycxgMIAMoCSJXCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0FDVElWRRABEhIKDlNUQVRFX0RJU0FCTEVEEAISEQoNU1RBVEVfRVhQSVJFRBADIj4KCVNjb3BlSW5mbxIMCgRuYW1lGAEgASgJEg4KBmRvbWFpbhgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSLyAwoKQXVkaXRFdmVudBIKCgJpZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSLQoGYWN0aW9uGAMgASgOMh0udm9pc28uYXBpa2V5cy52MS5BdWRpdEFjdGlvbhIQCghhY3Rvcl9pZBgEIAEoCRIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghvbGRfbmFtZRgGIAEoCRIQCghuZXdfbmFtZRgHIAEoCRIXCg9vbGRfZGVzY3JpcHRpb24YCCABKAkSFwoPbmV3X2Rlc2NyaXB0aW9uGAkgASgJEhIKCm9sZF9zY29wZXMYCiADKAkSEgoKbmV3X3Njb3BlcxgLIAMoCRIzCg9vbGRfZXhwaXJlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD25ld19leHBpcmVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRb2xkX2FsbG93ZWRfY2lkcnMYDiADKAkSGQoRbmV3X2FsbG93ZWRfY2lkcnMYDyADKAkSPwobcHJldmlvdXNfc2VjcmV0X2V4cGlyZV90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCriAQoLQXVkaXRBY3Rpb24SHAoYQVVESVRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGAoUQVVESVRfQUNUSU9OX0NSRUFURUQQARIYChRBVURJVF9BQ1RJT05fVVBEQVRFRBACEhgKFEFVRElUX0FDVElPTl9ERUxFVEVEEAMSGQoVQVVESVRfQUNUSU9OX1JFVkVBTEVEEAQSGQoVQVVESVRfQUNUSU9OX0RJU0FCTEVEEAUSGAoUQVVESVRfQUNUSU9OX0VOQUJMRUQQBhIXChNBVURJVF9BQ1RJT05fUk9MTEVEEAdiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * An API key of one contact center, as admins see it. The secret itself is
@@ -65,7 +65,7 @@ export type ApiKey = Message<"voiso.apikeys.v1.ApiKey"> & {
   createTime?: Timestamp | undefined;
 
   /**
-   * When the key's name, description or scopes last changed.
+   * When the key last changed (UpdateKey, DisableKey, EnableKey, RollKey).
    *
    * @generated from field: google.protobuf.Timestamp update_time = 7;
    */
@@ -84,6 +84,28 @@ export type ApiKey = Message<"voiso.apikeys.v1.ApiKey"> & {
    * @generated from field: string created_by = 9;
    */
   createdBy: string;
+
+  /**
+   * When the key stops working; unset if it never expires.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 10;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Whether Check would accept the key now (scopes and address aside).
+   *
+   * @generated from field: voiso.apikeys.v1.ApiKey.State state = 11;
+   */
+  state: ApiKey_State;
+
+  /**
+   * Networks (IPv4 or IPv6, e.g. "203.0.113.0/24") the key may be used
+   * from; empty means any address.
+   *
+   * @generated from field: repeated string allowed_cidrs = 12;
+   */
+  allowedCidrs: string[];
 };
 
 /**
@@ -92,6 +114,47 @@ export type ApiKey = Message<"voiso.apikeys.v1.ApiKey"> & {
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
   messageDesc(file_voiso_apikeys_v1_api_key, 0);
+
+/**
+ * A key's state, as of the response.
+ *
+ * @generated from enum voiso.apikeys.v1.ApiKey.State
+ */
+export enum ApiKey_State {
+  /**
+   * Never set by the service.
+   *
+   * @generated from enum value: STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The key is accepted.
+   *
+   * @generated from enum value: STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * DisableKey paused the key; EnableKey resumes it.
+   *
+   * @generated from enum value: STATE_DISABLED = 2;
+   */
+  DISABLED = 2,
+
+  /**
+   * The key's expire_time has passed.
+   *
+   * @generated from enum value: STATE_EXPIRED = 3;
+   */
+  EXPIRED = 3,
+}
+
+/**
+ * Describes the enum voiso.apikeys.v1.ApiKey.State.
+ */
+export const ApiKey_StateSchema: GenEnum<ApiKey_State> = /*@__PURE__*/
+  enumDesc(file_voiso_apikeys_v1_api_key, 0, 0);
 
 /**
  * One scope of the catalog.
@@ -107,14 +170,15 @@ export type ScopeInfo = Message<"voiso.apikeys.v1.ScopeInfo"> & {
   name: string;
 
   /**
-   * Product area the scope belongs to, e.g. "campaigns".
+   * Display name of the product area the scope belongs to, e.g. "Campaigns"
+   * or "Contact Center".
    *
    * @generated from field: string domain = 2;
    */
   domain: string;
 
   /**
-   * What the scope allows, for display in admin tooling.
+   * The published definition of what the scope allows, shown to admins.
    *
    * @generated from field: string description = 3;
    */
@@ -211,6 +275,43 @@ export type AuditEvent = Message<"voiso.apikeys.v1.AuditEvent"> & {
    * @generated from field: repeated string new_scopes = 11;
    */
   newScopes: string[];
+
+  /**
+   * Expiry before the change (updated with expire_time in the mask, deleted).
+   *
+   * @generated from field: google.protobuf.Timestamp old_expire_time = 12;
+   */
+  oldExpireTime?: Timestamp | undefined;
+
+  /**
+   * Expiry after the change (created, updated with expire_time in the mask).
+   *
+   * @generated from field: google.protobuf.Timestamp new_expire_time = 13;
+   */
+  newExpireTime?: Timestamp | undefined;
+
+  /**
+   * Allowed networks before the change (updated with allowed_cidrs in the
+   * mask, deleted).
+   *
+   * @generated from field: repeated string old_allowed_cidrs = 14;
+   */
+  oldAllowedCidrs: string[];
+
+  /**
+   * Allowed networks after the change (created, updated with allowed_cidrs
+   * in the mask).
+   *
+   * @generated from field: repeated string new_allowed_cidrs = 15;
+   */
+  newAllowedCidrs: string[];
+
+  /**
+   * Rolled: when the secret the roll replaced stops working.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_secret_expire_time = 16;
+   */
+  previousSecretExpireTime?: Timestamp | undefined;
 };
 
 /**
@@ -260,6 +361,27 @@ export enum AuditAction {
    * @generated from enum value: AUDIT_ACTION_REVEALED = 4;
    */
   REVEALED = 4,
+
+  /**
+   * The key was disabled.
+   *
+   * @generated from enum value: AUDIT_ACTION_DISABLED = 5;
+   */
+  DISABLED = 5,
+
+  /**
+   * The key was enabled again.
+   *
+   * @generated from enum value: AUDIT_ACTION_ENABLED = 6;
+   */
+  ENABLED = 6,
+
+  /**
+   * The key got a new secret.
+   *
+   * @generated from enum value: AUDIT_ACTION_ROLLED = 7;
+   */
+  ROLLED = 7,
 }
 
 /**

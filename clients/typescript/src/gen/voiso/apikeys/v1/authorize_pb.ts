@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiso/apikeys/v1/authorize.proto.
  */
 export const file_voiso_apikeys_v1_authorize: GenFile = /*@__PURE__*/
-  fileDesc("CiB2b2lzby9hcGlrZXlzL3YxL2F1dGhvcml6ZS5wcm90bxIQdm9pc28uYXBpa2V5cy52MSI5CgxDaGVja1JlcXVlc3QSCwoDa2V5GAEgASgJEg4KBm1ldGhvZBgCIAEoCRIMCgRwYXRoGAMgASgJIrUBCg1DaGVja1Jlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSKAoGcmVhc29uGAIgASgOMhgudm9pc28uYXBpa2V5cy52MS5SZWFzb24SDgoGa2V5X2lkGAMgASgJEhkKEWNvbnRhY3RfY2VudGVyX2lkGAQgASgJEhYKDmdyYW50ZWRfc2NvcGVzGAUgAygJEhcKD3JlcXVpcmVkX3Njb3BlcxgGIAMoCRINCgVyb3V0ZRgHIAEoCSJDChFDaGVja0JhdGNoUmVxdWVzdBIuCgZjaGVja3MYASADKAsyHi52b2lzby5hcGlrZXlzLnYxLkNoZWNrUmVxdWVzdCJGChJDaGVja0JhdGNoUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tSZXNwb25zZSqeAQoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEhIKDlJFQVNPTl9BTExPV0VEEAESGAoUUkVBU09OX0tFWV9NQUxGT1JNRUQQAhIYChRSRUFTT05fS0VZX05PVF9GT1VORBADEhgKFFJFQVNPTl9TQ09QRV9NSVNTSU5HEAQSGgoWUkVBU09OX1JPVVRFX05PVF9GT1VORBAFMq4BCglBdXRob3JpemUSSAoFQ2hlY2sSHi52b2lzby5hcGlrZXlzLnYxLkNoZWNrUmVxdWVzdBofLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tSZXNwb25zZRJXCgpDaGVja0JhdGNoEiMudm9pc28uYXBpa2V5cy52MS5DaGVja0JhdGNoUmVxdWVzdBokLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tCYXRjaFJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("CiB2b2lzby9hcGlrZXlzL3YxL2F1dGhvcml6ZS5wcm90bxIQdm9pc28uYXBpa2V5cy52MSJMCgxDaGVja1JlcXVlc3QSCwoDa2V5GAEgASgJEg4KBm1ldGhvZBgCIAEoCRIMCgRwYXRoGAMgASgJEhEKCWNsaWVudF9pcBgEIAEoCSK1AQoNQ2hlY2tSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEigKBnJlYXNvbhgCIAEoDjIYLnZvaXNvLmFwaWtleXMudjEuUmVhc29uEg4KBmtleV9pZBgDIAEoCRIZChFjb250YWN0X2NlbnRlcl9pZBgEIAEoCRIWCg5ncmFudGVkX3Njb3BlcxgFIAMoCRIXCg9yZXF1aXJlZF9zY29wZXMYBiADKAkSDQoFcm91dGUYByABKAkiQwoRQ2hlY2tCYXRjaFJlcXVlc3QSLgoGY2hlY2tzGAEgAygLMh4udm9pc28uYXBpa2V5cy52MS5DaGVja1JlcXVlc3QiRgoSQ2hlY2tCYXRjaFJlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy52b2lzby5hcGlrZXlzLnYxLkNoZWNrUmVzcG9uc2Uq6gEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABISCg5SRUFTT05fQUxMT1dFRBABEhgKFFJFQVNPTl9LRVlfTUFMRk9STUVEEAISGAoUUkVBU09OX0tFWV9OT1RfRk9VTkQQAxIYChRSRUFTT05fU0NPUEVfTUlTU0lORxAEEhoKFlJFQVNPTl9ST1VURV9OT1RfRk9VTkQQBRIXChNSRUFTT05fS0VZX0RJU0FCTEVEEAYSFgoSUkVBU09OX0tFWV9FWFBJUkVEEAcSGQoVUkVBU09OX0lQX05PVF9BTExPV0VEEAgyrgEKCUF1dGhvcml6ZRJICgVDaGVjaxIeLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tSZXF1ZXN0Gh8udm9pc28uYXBpa2V5cy52MS5DaGVja1Jlc3BvbnNlElcKCkNoZWNrQmF0Y2gSIy52b2lzby5hcGlrZXlzLnYxLkNoZWNrQmF0Y2hSZXF1ZXN0GiQudm9pc28uYXBpa2V5cy52MS5DaGVja0JhdGNoUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Request of Authorize.Check.
@@ -38,6 +38,14 @@ export type CheckRequest = Message<"voiso.apikeys.v1.CheckRequest"> & {
    * @generated from field: string path = 3;
    */
   path: string;
+
+  /**
+   * The caller's IPv4 or IPv6 address, for keys limited to networks; empty
+   * is outside every network. An unparsable address is INVALID_ARGUMENT.
+   *
+   * @generated from field: string client_ip = 4;
+   */
+  clientIp: string;
 };
 
 /**
@@ -54,7 +62,8 @@ export const CheckRequestSchema: GenMessage<CheckRequest> = /*@__PURE__*/
  */
 export type CheckResponse = Message<"voiso.apikeys.v1.CheckResponse"> & {
   /**
-   * True only when the key exists and one of its scopes covers the route.
+   * True only when the key exists, is usable now from client_ip, and one of
+   * its scopes covers the route.
    *
    * @generated from field: bool allowed = 1;
    */
@@ -200,6 +209,27 @@ export enum Reason {
    * @generated from enum value: REASON_ROUTE_NOT_FOUND = 5;
    */
   ROUTE_NOT_FOUND = 5,
+
+  /**
+   * The key exists but is disabled.
+   *
+   * @generated from enum value: REASON_KEY_DISABLED = 6;
+   */
+  KEY_DISABLED = 6,
+
+  /**
+   * The key exists but its expire_time has passed.
+   *
+   * @generated from enum value: REASON_KEY_EXPIRED = 7;
+   */
+  KEY_EXPIRED = 7,
+
+  /**
+   * The key exists but client_ip is not in any of its allowed networks.
+   *
+   * @generated from enum value: REASON_IP_NOT_ALLOWED = 8;
+   */
+  IP_NOT_ALLOWED = 8,
 }
 
 /**

@@ -4,8 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ApiKey, AuditEvent, ScopeInfo } from "./api_key_pb.js";
 import { file_voiso_apikeys_v1_api_key } from "./api_key_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiso/apikeys/v1/key_admin.proto.
  */
 export const file_voiso_apikeys_v1_key_admin: GenFile = /*@__PURE__*/
-  fileDesc("CiB2b2lzby9hcGlrZXlzL3YxL2tleV9hZG1pbi5wcm90bxIQdm9pc28uYXBpa2V5cy52MSJFChBDcmVhdGVLZXlSZXF1ZXN0EgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSDgoGc2NvcGVzGAMgAygJIkoKEUNyZWF0ZUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLnZvaXNvLmFwaWtleXMudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSIbCg1HZXRLZXlSZXF1ZXN0EgoKAmlkGAEgASgJIjcKDkdldEtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLnZvaXNvLmFwaWtleXMudjEuQXBpS2V5IkcKD0xpc3RLZXlzUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJnChBMaXN0S2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC52b2lzby5hcGlrZXlzLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoBSKCAQoQVXBkYXRlS2V5UmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEg4KBnNjb3BlcxgEIAMoCRIvCgt1cGRhdGVfbWFzaxgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siOgoRVXBkYXRlS2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhgudm9pc28uYXBpa2V5cy52MS5BcGlLZXkiHgoQRGVsZXRlS2V5UmVxdWVzdBIKCgJpZBgBIAEoCSITChFEZWxldGVLZXlSZXNwb25zZSIeChBSZXZlYWxLZXlSZXF1ZXN0EgoKAmlkGAEgASgJIiMKEVJldmVhbEtleVJlc3BvbnNlEg4KBnNlY3JldBgBIAEoCSITChFMaXN0U2NvcGVzUmVxdWVzdCJBChJMaXN0U2NvcGVzUmVzcG9uc2USKwoGc2NvcGVzGAEgAygLMhsudm9pc28uYXBpa2V5cy52MS5TY29wZUluZm8iTwoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiYAoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USLAoGZXZlbnRzGAEgAygLMhwudm9pc28uYXBpa2V5cy52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTLDBQoIS2V5QWRtaW4SVAoJQ3JlYXRlS2V5EiIudm9pc28uYXBpa2V5cy52MS5DcmVhdGVLZXlSZXF1ZXN0GiMudm9pc28uYXBpa2V5cy52MS5DcmVhdGVLZXlSZXNwb25zZRJLCgZHZXRLZXkSHy52b2lzby5hcGlrZXlzLnYxLkdldEtleVJlcXVlc3QaIC52b2lzby5hcGlrZXlzLnYxLkdldEtleVJlc3BvbnNlElEKCExpc3RLZXlzEiEudm9pc28uYXBpa2V5cy52MS5MaXN0S2V5c1JlcXVlc3QaIi52b2lzby5hcGlrZXlzLnYxLkxpc3RLZXlzUmVzcG9uc2USVAoJVXBkYXRlS2V5EiIudm9pc28uYXBpa2V5cy52MS5VcGRhdGVLZXlSZXF1ZXN0GiMudm9pc28uYXBpa2V5cy52MS5VcGRhdGVLZXlSZXNwb25zZRJUCglEZWxldGVLZXkSIi52b2lzby5hcGlrZXlzLnYxLkRlbGV0ZUtleVJlcXVlc3QaIy52b2lzby5hcGlrZXlzLnYxLkRlbGV0ZUtleVJlc3BvbnNlElQKCVJldmVhbEtleRIiLnZvaXNvLmFwaWtleXMudjEuUmV2ZWFsS2V5UmVxdWVzdBojLnZvaXNvLmFwaWtleXMudjEuUmV2ZWFsS2V5UmVzcG9uc2USVwoKTGlzdFNjb3BlcxIjLnZvaXNvLmFwaWtleXMudjEuTGlzdFNjb3Blc1JlcXVlc3QaJC52b2lzby5hcGlrZXlzLnYxLkxpc3RTY29wZXNSZXNwb25zZRJmCg9MaXN0QXVkaXRFdmVudHMSKC52b2lzby5hcGlrZXlzLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaKS52b2lzby5hcGlrZXlzLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_voiso_apikeys_v1_api_key]);
+  fileDesc("CiB2b2lzby9hcGlrZXlzL3YxL2tleV9hZG1pbi5wcm90bxIQdm9pc28uYXBpa2V5cy52MSKNAQoQQ3JlYXRlS2V5UmVxdWVzdBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEg4KBnNjb3BlcxgDIAMoCRIvCgtleHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYWxsb3dlZF9jaWRycxgFIAMoCSJKChFDcmVhdGVLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC52b2lzby5hcGlrZXlzLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiGwoNR2V0S2V5UmVxdWVzdBIKCgJpZBgBIAEoCSI3Cg5HZXRLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC52b2lzby5hcGlrZXlzLnYxLkFwaUtleSJHCg9MaXN0S2V5c1JlcXVlc3QSDQoFcXVlcnkYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiZwoQTGlzdEtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhgudm9pc28uYXBpa2V5cy52MS5BcGlLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAUiygEKEFVwZGF0ZUtleVJlcXVlc3QSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIOCgZzY29wZXMYBCADKAkSLwoLdXBkYXRlX21hc2sYBSABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrEi8KC2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1hbGxvd2VkX2NpZHJzGAcgAygJIjoKEVVwZGF0ZUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLnZvaXNvLmFwaWtleXMudjEuQXBpS2V5Ih4KEERlbGV0ZUtleVJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlS2V5UmVzcG9uc2UiHgoQUmV2ZWFsS2V5UmVxdWVzdBIKCgJpZBgBIAEoCSIjChFSZXZlYWxLZXlSZXNwb25zZRIOCgZzZWNyZXQYASABKAkiEwoRTGlzdFNjb3Blc1JlcXVlc3QiQQoSTGlzdFNjb3Blc1Jlc3BvbnNlEisKBnNjb3BlcxgBIAMoCzIbLnZvaXNvLmFwaWtleXMudjEuU2NvcGVJbmZvIk8KFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSDgoGa2V5X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJImAKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiwKBmV2ZW50cxgBIAMoCzIcLnZvaXNvLmFwaWtleXMudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHwoRRGlzYWJsZUtleVJlcXVlc3QSCgoCaWQYASABKAkiOwoSRGlzYWJsZUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLnZvaXNvLmFwaWtleXMudjEuQXBpS2V5Ih4KEEVuYWJsZUtleVJlcXVlc3QSCgoCaWQYASABKAkiOgoRRW5hYmxlS2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhgudm9pc28uYXBpa2V5cy52MS5BcGlLZXkiSAoOUm9sbEtleVJlcXVlc3QSCgoCaWQYASABKAkSKgoHb3ZlcmxhcBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJICg9Sb2xsS2V5UmVzcG9uc2USJQoDa2V5GAEgASgLMhgudm9pc28uYXBpa2V5cy52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJMsIHCghLZXlBZG1pbhJUCglDcmVhdGVLZXkSIi52b2lzby5hcGlrZXlzLnYxLkNyZWF0ZUtleVJlcXVlc3QaIy52b2lzby5hcGlrZXlzLnYxLkNyZWF0ZUtleVJlc3BvbnNlEksKBkdldEtleRIfLnZvaXNvLmFwaWtleXMudjEuR2V0S2V5UmVxdWVzdBogLnZvaXNvLmFwaWtleXMudjEuR2V0S2V5UmVzcG9uc2USUQoITGlzdEtleXMSIS52b2lzby5hcGlrZXlzLnYxLkxpc3RLZXlzUmVxdWVzdBoiLnZvaXNvLmFwaWtleXMudjEuTGlzdEtleXNSZXNwb25zZRJUCglVcGRhdGVLZXkSIi52b2lzby5hcGlrZXlzLnYxLlVwZGF0ZUtleVJlcXVlc3QaIy52b2lzby5hcGlrZXlzLnYxLlVwZGF0ZUtleVJlc3BvbnNlElQKCURlbGV0ZUtleRIiLnZvaXNvLmFwaWtleXMudjEuRGVsZXRlS2V5UmVxdWVzdBojLnZvaXNvLmFwaWtleXMudjEuRGVsZXRlS2V5UmVzcG9uc2USVAoJUmV2ZWFsS2V5EiIudm9pc28uYXBpa2V5cy52MS5SZXZlYWxLZXlSZXF1ZXN0GiMudm9pc28uYXBpa2V5cy52MS5SZXZlYWxLZXlSZXNwb25zZRJXCgpMaXN0U2NvcGVzEiMudm9pc28uYXBpa2V5cy52MS5MaXN0U2NvcGVzUmVxdWVzdBokLnZvaXNvLmFwaWtleXMudjEuTGlzdFNjb3Blc1Jlc3BvbnNlEmYKD0xpc3RBdWRpdEV2ZW50cxIoLnZvaXNvLmFwaWtleXMudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBopLnZvaXNvLmFwaWtleXMudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USVwoKRGlzYWJsZUtleRIjLnZvaXNvLmFwaWtleXMudjEuRGlzYWJsZUtleVJlcXVlc3QaJC52b2lzby5hcGlrZXlzLnYxLkRpc2FibGVLZXlSZXNwb25zZRJUCglFbmFibGVLZXkSIi52b2lzby5hcGlrZXlzLnYxLkVuYWJsZUtleVJlcXVlc3QaIy52b2lzby5hcGlrZXlzLnYxLkVuYWJsZUtleVJlc3BvbnNlEk4KB1JvbGxLZXkSIC52b2lzby5hcGlrZXlzLnYxLlJvbGxLZXlSZXF1ZXN0GiEudm9pc28uYXBpa2V5cy52MS5Sb2xsS2V5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_voiso_apikeys_v1_api_key]);
 
 /**
  * Request of KeyAdmin.CreateKey.
@@ -42,6 +42,21 @@ export type CreateKeyRequest = Message<"voiso.apikeys.v1.CreateKeyRequest"> & {
    * @generated from field: repeated string scopes = 3;
    */
   scopes: string[];
+
+  /**
+   * When the key stops working; must be in the future. Unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 4;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Networks the key may be used from (e.g. "203.0.113.0/24",
+   * "2001:db8::/32", or one address); empty: any address.
+   *
+   * @generated from field: repeated string allowed_cidrs = 5;
+   */
+  allowedCidrs: string[];
 };
 
 /**
@@ -227,12 +242,29 @@ export type UpdateKeyRequest = Message<"voiso.apikeys.v1.UpdateKeyRequest"> & {
   scopes: string[];
 
   /**
-   * Which of `name`, `description`, `scopes` to change; empty means all
-   * three.
+   * Which of `name`, `description`, `scopes`, `expire_time`,
+   * `allowed_cidrs` to change; empty means `name`, `description` and
+   * `scopes` (never the other two).
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 5;
    */
   updateMask?: FieldMask | undefined;
+
+  /**
+   * New expiry (in the future), if `expire_time` is in the mask; unset
+   * clears it.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 6;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * New allowed networks, if `allowed_cidrs` is in the mask; empty clears
+   * them.
+   *
+   * @generated from field: repeated string allowed_cidrs = 7;
+   */
+  allowedCidrs: string[];
 };
 
 /**
@@ -441,6 +473,147 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
   messageDesc(file_voiso_apikeys_v1_key_admin, 15);
 
 /**
+ * Request of KeyAdmin.DisableKey.
+ *
+ * @generated from message voiso.apikeys.v1.DisableKeyRequest
+ */
+export type DisableKeyRequest = Message<"voiso.apikeys.v1.DisableKeyRequest"> & {
+  /**
+   * The key's id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.DisableKeyRequest.
+ * Use `create(DisableKeyRequestSchema)` to create a new message.
+ */
+export const DisableKeyRequestSchema: GenMessage<DisableKeyRequest> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_key_admin, 16);
+
+/**
+ * Response of KeyAdmin.DisableKey.
+ *
+ * @generated from message voiso.apikeys.v1.DisableKeyResponse
+ */
+export type DisableKeyResponse = Message<"voiso.apikeys.v1.DisableKeyResponse"> & {
+  /**
+   * The key after the change.
+   *
+   * @generated from field: voiso.apikeys.v1.ApiKey key = 1;
+   */
+  key?: ApiKey | undefined;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.DisableKeyResponse.
+ * Use `create(DisableKeyResponseSchema)` to create a new message.
+ */
+export const DisableKeyResponseSchema: GenMessage<DisableKeyResponse> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_key_admin, 17);
+
+/**
+ * Request of KeyAdmin.EnableKey.
+ *
+ * @generated from message voiso.apikeys.v1.EnableKeyRequest
+ */
+export type EnableKeyRequest = Message<"voiso.apikeys.v1.EnableKeyRequest"> & {
+  /**
+   * The key's id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.EnableKeyRequest.
+ * Use `create(EnableKeyRequestSchema)` to create a new message.
+ */
+export const EnableKeyRequestSchema: GenMessage<EnableKeyRequest> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_key_admin, 18);
+
+/**
+ * Response of KeyAdmin.EnableKey.
+ *
+ * @generated from message voiso.apikeys.v1.EnableKeyResponse
+ */
+export type EnableKeyResponse = Message<"voiso.apikeys.v1.EnableKeyResponse"> & {
+  /**
+   * The key after the change.
+   *
+   * @generated from field: voiso.apikeys.v1.ApiKey key = 1;
+   */
+  key?: ApiKey | undefined;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.EnableKeyResponse.
+ * Use `create(EnableKeyResponseSchema)` to create a new message.
+ */
+export const EnableKeyResponseSchema: GenMessage<EnableKeyResponse> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_key_admin, 19);
+
+/**
+ * Request of KeyAdmin.RollKey.
+ *
+ * @generated from message voiso.apikeys.v1.RollKeyRequest
+ */
+export type RollKeyRequest = Message<"voiso.apikeys.v1.RollKeyRequest"> & {
+  /**
+   * The key's id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * How long the old secret keeps working: 0 to 7 days, required (0 ends
+   * it at once). A secret replaced by an earlier roll stops at once.
+   *
+   * @generated from field: google.protobuf.Duration overlap = 2;
+   */
+  overlap?: Duration | undefined;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.RollKeyRequest.
+ * Use `create(RollKeyRequestSchema)` to create a new message.
+ */
+export const RollKeyRequestSchema: GenMessage<RollKeyRequest> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_key_admin, 20);
+
+/**
+ * Response of KeyAdmin.RollKey.
+ *
+ * @generated from message voiso.apikeys.v1.RollKeyResponse
+ */
+export type RollKeyResponse = Message<"voiso.apikeys.v1.RollKeyResponse"> & {
+  /**
+   * The key, its masked_key showing the new secret.
+   *
+   * @generated from field: voiso.apikeys.v1.ApiKey key = 1;
+   */
+  key?: ApiKey | undefined;
+
+  /**
+   * The new secret in plaintext. Shown here; afterwards only via RevealKey.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.RollKeyResponse.
+ * Use `create(RollKeyResponseSchema)` to create a new message.
+ */
+export const RollKeyResponseSchema: GenMessage<RollKeyResponse> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_key_admin, 21);
+
+/**
  * Management of a contact center's API keys by its admins.
  *
  * Every call carries `authorization: Bearer <JWT>` metadata issued by the
@@ -530,6 +703,38 @@ export const KeyAdmin: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * Disables a key: kept with its history, refused by Check. Needs
+   * `api_keys.edit`.
+   *
+   * @generated from rpc voiso.apikeys.v1.KeyAdmin.DisableKey
+   */
+  disableKey: {
+    methodKind: "unary";
+    input: typeof DisableKeyRequestSchema;
+    output: typeof DisableKeyResponseSchema;
+  },
+  /**
+   * Enables a disabled key again. Needs `api_keys.edit`.
+   *
+   * @generated from rpc voiso.apikeys.v1.KeyAdmin.EnableKey
+   */
+  enableKey: {
+    methodKind: "unary";
+    input: typeof EnableKeyRequestSchema;
+    output: typeof EnableKeyResponseSchema;
+  },
+  /**
+   * Gives a key a new secret, returned once; the old one keeps working for
+   * the overlap. Needs `api_keys.edit`.
+   *
+   * @generated from rpc voiso.apikeys.v1.KeyAdmin.RollKey
+   */
+  rollKey: {
+    methodKind: "unary";
+    input: typeof RollKeyRequestSchema;
+    output: typeof RollKeyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiso_apikeys_v1_key_admin, 0);
