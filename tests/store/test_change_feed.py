@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -24,6 +23,7 @@ from server.invalidation import ChangeFollower
 from server.store import SqlKeyStore, open_store
 from server.store._engine import POSTGRES_MAX_OVERFLOW, POSTGRES_POOL_SIZE
 from tests.conftest import BASE_TIME, KeyFactory, fresh_postgres_database
+from tests.store.feed import read_changes
 
 LIMIT = 50
 T1 = BASE_TIME + timedelta(days=1)
@@ -34,21 +34,6 @@ def store(sql_store: SqlKeyStore) -> SqlKeyStore:
     """The SQL store alone: the change feed is its own, which the cache
     follows rather than offers."""
     return sql_store
-
-
-async def read_changes(
-    store: SqlKeyStore, position: FeedPosition, *, limit: int = 100
-) -> ChangePage:
-    """Every page from ``position`` on, as one page (flags of any page)."""
-    changes: list[Any] = []
-    missed = reset = False
-    while True:
-        page = await store.changes_since(position, limit=limit)
-        changes.extend(page.changes)
-        missed, reset = missed or page.missed, reset or page.reset
-        position = page.position
-        if not page.more:
-            return ChangePage(changes=tuple(changes), position=position, missed=missed, reset=reset)
 
 
 async def _prune_everything(store: SqlKeyStore) -> int:

@@ -28,7 +28,7 @@ from server.domain.records import (
 from server.domain.store import KeyStore
 from server.store import SqlKeyStore, check_database_url, open_store
 from tests.conftest import BASE_TIME, KeyFactory
-from tests.store.test_change_feed import read_changes
+from tests.store.feed import read_changes
 
 LIMIT = 50
 T1 = BASE_TIME + timedelta(days=1)
