@@ -100,7 +100,15 @@ def check_response(decision: Decision) -> authorize_pb2.CheckResponse:
         granted_scopes=decision.granted_scopes,
         required_scopes=decision.required_scopes,
         route=decision.route,
+        revision=decision.revision,
+        cache_ttl=_duration(decision.cache_ttl),
     )
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
 
 
 def _timestamp(moment: datetime) -> Timestamp:

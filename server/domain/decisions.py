@@ -21,7 +21,12 @@ class Reason(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Decision:
-    """One check's outcome. ``allowed`` is true only for ``Reason.ALLOWED``."""
+    """One check's outcome. ``allowed`` is true only for ``Reason.ALLOWED``.
+
+    ``revision`` is the deciding process's change-feed mark when it read the
+    key (every change up to it is reflected); ``cache_ttl`` the seconds for
+    which a caller may reuse the answer at most.
+    """
 
     allowed: bool
     reason: Reason
@@ -30,6 +35,8 @@ class Decision:
     granted_scopes: tuple[str, ...] = ()
     required_scopes: tuple[str, ...] = ()
     route: str = ""
+    revision: int = 0
+    cache_ttl: float = 0.0
 
 
 KEY_MALFORMED = Decision(allowed=False, reason=Reason.KEY_MALFORMED)

@@ -22,25 +22,40 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n voiso/apikeys/v1/authorize.proto\x12\x10voiso.apikeys.v1\"L\n\x0c\x43heckRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x11\n\tclient_ip\x18\x04 \x01(\t\"\xb5\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.voiso.apikeys.v1.Reason\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ontact_center_id\x18\x04 \x01(\t\x12\x16\n\x0egranted_scopes\x18\x05 \x03(\t\x12\x17\n\x0frequired_scopes\x18\x06 \x03(\t\x12\r\n\x05route\x18\x07 \x01(\t\"C\n\x11\x43heckBatchRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.voiso.apikeys.v1.CheckRequest\"F\n\x12\x43heckBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.voiso.apikeys.v1.CheckResponse*\xea\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREASON_ALLOWED\x10\x01\x12\x18\n\x14REASON_KEY_MALFORMED\x10\x02\x12\x18\n\x14REASON_KEY_NOT_FOUND\x10\x03\x12\x18\n\x14REASON_SCOPE_MISSING\x10\x04\x12\x1a\n\x16REASON_ROUTE_NOT_FOUND\x10\x05\x12\x17\n\x13REASON_KEY_DISABLED\x10\x06\x12\x16\n\x12REASON_KEY_EXPIRED\x10\x07\x12\x19\n\x15REASON_IP_NOT_ALLOWED\x10\x08\x32\xae\x01\n\tAuthorize\x12H\n\x05\x43heck\x12\x1e.voiso.apikeys.v1.CheckRequest\x1a\x1f.voiso.apikeys.v1.CheckResponse\x12W\n\nCheckBatch\x12#.voiso.apikeys.v1.CheckBatchRequest\x1a$.voiso.apikeys.v1.CheckBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n voiso/apikeys/v1/authorize.proto\x12\x10voiso.apikeys.v1\x1a\x1egoogle/protobuf/duration.proto\"L\n\x0c\x43heckRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x11\n\tclient_ip\x18\x04 \x01(\t\"\xf5\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.voiso.apikeys.v1.Reason\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x19\n\x11\x63ontact_center_id\x18\x04 \x01(\t\x12\x16\n\x0egranted_scopes\x18\x05 \x03(\t\x12\x17\n\x0frequired_scopes\x18\x06 \x03(\t\x12\r\n\x05route\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12,\n\tcache_ttl\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"C\n\x11\x43heckBatchRequest\x12.\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1e.voiso.apikeys.v1.CheckRequest\"F\n\x12\x43heckBatchResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.voiso.apikeys.v1.CheckResponse\"\x15\n\x13WatchChangesRequest\"\xb7\x01\n\x14WatchChangesResponse\x12\x0c\n\x04mark\x18\x01 \x01(\x03\x12(\n\x05reset\x18\x02 \x01(\x0b\x32\x17.voiso.apikeys.v1.ResetH\x00\x12,\n\x07\x63hanges\x18\x03 \x01(\x0b\x32\x19.voiso.apikeys.v1.ChangesH\x00\x12\x30\n\theartbeat\x18\x04 \x01(\x0b\x32\x1b.voiso.apikeys.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\x07\n\x05Reset\"\x0b\n\tHeartbeat\"4\n\x07\x43hanges\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.voiso.apikeys.v1.Change\"V\n\x06\x43hange\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.voiso.apikeys.v1.ChangeKind\x12\x10\n\x08sequence\x18\x03 \x01(\x03*\xea\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREASON_ALLOWED\x10\x01\x12\x18\n\x14REASON_KEY_MALFORMED\x10\x02\x12\x18\n\x14REASON_KEY_NOT_FOUND\x10\x03\x12\x18\n\x14REASON_SCOPE_MISSING\x10\x04\x12\x1a\n\x16REASON_ROUTE_NOT_FOUND\x10\x05\x12\x17\n\x13REASON_KEY_DISABLED\x10\x06\x12\x16\n\x12REASON_KEY_EXPIRED\x10\x07\x12\x19\n\x15REASON_IP_NOT_ALLOWED\x10\x08*\xbf\x01\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_KIND_CREATED\x10\x01\x12\x17\n\x13\x43HANGE_KIND_UPDATED\x10\x02\x12\x17\n\x13\x43HANGE_KIND_DELETED\x10\x03\x12\x18\n\x14\x43HANGE_KIND_DISABLED\x10\x04\x12\x17\n\x13\x43HANGE_KIND_ENABLED\x10\x05\x12\x16\n\x12\x43HANGE_KIND_ROLLED\x10\x06\x32\x8f\x02\n\tAuthorize\x12H\n\x05\x43heck\x12\x1e.voiso.apikeys.v1.CheckRequest\x1a\x1f.voiso.apikeys.v1.CheckResponse\x12W\n\nCheckBatch\x12#.voiso.apikeys.v1.CheckBatchRequest\x1a$.voiso.apikeys.v1.CheckBatchResponse\x12_\n\x0cWatchChanges\x12%.voiso.apikeys.v1.WatchChangesRequest\x1a&.voiso.apikeys.v1.WatchChangesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voiso.apikeys.v1.authorize_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REASON']._serialized_start=458
-  _globals['_REASON']._serialized_end=692
-  _globals['_CHECKREQUEST']._serialized_start=54
-  _globals['_CHECKREQUEST']._serialized_end=130
-  _globals['_CHECKRESPONSE']._serialized_start=133
-  _globals['_CHECKRESPONSE']._serialized_end=314
-  _globals['_CHECKBATCHREQUEST']._serialized_start=316
-  _globals['_CHECKBATCHREQUEST']._serialized_end=383
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=385
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=455
-  _globals['_AUTHORIZE']._serialized_start=695
-  _globals['_AUTHORIZE']._serialized_end=869
+  _globals['_REASON']._serialized_start=927
+  _globals['_REASON']._serialized_end=1161
+  _globals['_CHANGEKIND']._serialized_start=1164
+  _globals['_CHANGEKIND']._serialized_end=1355
+  _globals['_CHECKREQUEST']._serialized_start=86
+  _globals['_CHECKREQUEST']._serialized_end=162
+  _globals['_CHECKRESPONSE']._serialized_start=165
+  _globals['_CHECKRESPONSE']._serialized_end=410
+  _globals['_CHECKBATCHREQUEST']._serialized_start=412
+  _globals['_CHECKBATCHREQUEST']._serialized_end=479
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=481
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=551
+  _globals['_WATCHCHANGESREQUEST']._serialized_start=553
+  _globals['_WATCHCHANGESREQUEST']._serialized_end=574
+  _globals['_WATCHCHANGESRESPONSE']._serialized_start=577
+  _globals['_WATCHCHANGESRESPONSE']._serialized_end=760
+  _globals['_RESET']._serialized_start=762
+  _globals['_RESET']._serialized_end=769
+  _globals['_HEARTBEAT']._serialized_start=771
+  _globals['_HEARTBEAT']._serialized_end=782
+  _globals['_CHANGES']._serialized_start=784
+  _globals['_CHANGES']._serialized_end=836
+  _globals['_CHANGE']._serialized_start=838
+  _globals['_CHANGE']._serialized_end=924
+  _globals['_AUTHORIZE']._serialized_start=1358
+  _globals['_AUTHORIZE']._serialized_end=1629
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -67,6 +68,34 @@ REASON_IP_NOT_ALLOWED: Reason.ValueType  # 8
 """The key exists but client_ip is not in any of its allowed networks."""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    """Never sent."""
+    CHANGE_KIND_CREATED: _ChangeKind.ValueType  # 1
+    CHANGE_KIND_UPDATED: _ChangeKind.ValueType  # 2
+    CHANGE_KIND_DELETED: _ChangeKind.ValueType  # 3
+    CHANGE_KIND_DISABLED: _ChangeKind.ValueType  # 4
+    CHANGE_KIND_ENABLED: _ChangeKind.ValueType  # 5
+    CHANGE_KIND_ROLLED: _ChangeKind.ValueType  # 6
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """What happened to a key."""
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+"""Never sent."""
+CHANGE_KIND_CREATED: ChangeKind.ValueType  # 1
+CHANGE_KIND_UPDATED: ChangeKind.ValueType  # 2
+CHANGE_KIND_DELETED: ChangeKind.ValueType  # 3
+CHANGE_KIND_DISABLED: ChangeKind.ValueType  # 4
+CHANGE_KIND_ENABLED: ChangeKind.ValueType  # 5
+CHANGE_KIND_ROLLED: ChangeKind.ValueType  # 6
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
+
 @_typing.final
 class CheckRequest(_message.Message):
     """Request of Authorize.Check."""
@@ -116,6 +145,8 @@ class CheckResponse(_message.Message):
     GRANTED_SCOPES_FIELD_NUMBER: _builtins.int
     REQUIRED_SCOPES_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    CACHE_TTL_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True only when the key exists, is usable now from client_ip, and one of
     its scopes covers the route.
@@ -128,6 +159,11 @@ class CheckResponse(_message.Message):
     """The key's contact center, when the key was found."""
     route: _builtins.str
     """The matched route template, e.g. "GET /api/v4/campaigns/{id}"."""
+    revision: _builtins.int
+    """The answering server's mark when it read the key: every change with a
+    sequence up to it is reflected in this answer. Compare with the
+    sequences of WatchChanges.
+    """
     @_builtins.property
     def granted_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The key's scopes, with implied ones (`*.manage` grants `*.read`), when the
@@ -137,6 +173,13 @@ class CheckResponse(_message.Message):
     @_builtins.property
     def required_scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes any one of which allows the route, when a route matched."""
+
+    @_builtins.property
+    def cache_ttl(self) -> _duration_pb2.Duration:
+        """How long, counted from when the request was sent, this answer may be
+        reused at most: until the key expires or a rolled key's previous secret
+        stops working, and never longer than the server's cache TTL.
+        """
 
     def __init__(
         self,
@@ -148,10 +191,12 @@ class CheckResponse(_message.Message):
         granted_scopes: _abc.Iterable[_builtins.str] | None = ...,
         required_scopes: _abc.Iterable[_builtins.str] | None = ...,
         route: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        cache_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_ttl", b"cache_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "contact_center_id", b"contact_center_id", "granted_scopes", b"granted_scopes", "key_id", b"key_id", "reason", b"reason", "required_scopes", b"required_scopes", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "cache_ttl", b"cache_ttl", "contact_center_id", b"contact_center_id", "granted_scopes", b"granted_scopes", "key_id", b"key_id", "reason", b"reason", "required_scopes", b"required_scopes", "revision", b"revision", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,3 +249,156 @@ class CheckBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckBatchResponse: _TypeAlias = CheckBatchResponse  # noqa: Y015
+
+@_typing.final
+class WatchChangesRequest(_message.Message):
+    """Request of Authorize.WatchChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class WatchChangesResponse(_message.Message):
+    """One message of Authorize.WatchChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARK_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    mark: _builtins.int
+    """The sender's mark: it has applied every change with a sequence up to
+    this one that can ever commit.
+    """
+    @_builtins.property
+    def reset(self) -> Global___Reset:
+        """Forget every answer held: the stream just started, the server cleared
+        its cache, or continuity broke (a failover, a replaced database).
+        Only answers with a revision of at least this message's mark may be
+        kept from now on.
+        """
+
+    @_builtins.property
+    def changes(self) -> Global___Changes:
+        """Changes the server has applied, in the order it applied them."""
+
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Nothing changed; the server is reading its change feed."""
+
+    def __init__(
+        self,
+        *,
+        mark: _builtins.int = ...,
+        reset: Global___Reset | None = ...,
+        changes: Global___Changes | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "event", b"event", "heartbeat", b"heartbeat", "reset", b"reset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "event", b"event", "heartbeat", b"heartbeat", "mark", b"mark", "reset", b"reset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["reset", "changes", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchChangesResponse: _TypeAlias = WatchChangesResponse  # noqa: Y015
+
+@_typing.final
+class Reset(_message.Message):
+    """See WatchChangesResponse.reset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reset: _TypeAlias = Reset  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """See WatchChangesResponse.heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class Changes(_message.Message):
+    """See WatchChangesResponse.changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Changes: _TypeAlias = Changes  # noqa: Y015
+
+@_typing.final
+class Change(_message.Message):
+    """One change to one key. An answer for the key with a revision below the
+    sequence is stale.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The changed key's id."""
+    kind: Global___ChangeKind.ValueType
+    """What happened to it."""
+    sequence: _builtins.int
+    """Where the change sits in the change feed."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        kind: Global___ChangeKind.ValueType = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "kind", b"kind", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Change: _TypeAlias = Change  # noqa: Y015

@@ -50,6 +50,11 @@ class AuthorizeStub:
                 request_serializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.unary_stream(
+                '/voiso.apikeys.v1.Authorize/WatchChanges',
+                request_serializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizeServicer:
@@ -76,6 +81,19 @@ class AuthorizeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request, context):
+        """Streams the changes this server applies to its key cache, so that a
+        caller may reuse Check answers until a change for their key arrives.
+        The first message is a reset; a server that cannot read its change feed
+        falls silent, and a caller that hears nothing for a while must stop
+        reusing answers. UNAVAILABLE when watching is turned off,
+        RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
+        this watcher fell too far behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -88,6 +106,11 @@ def add_AuthorizeServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.CheckBatchRequest.FromString,
                     response_serializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.WatchChangesRequest.FromString,
+                    response_serializer=voiso_dot_apikeys_dot_v1_dot_authorize__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -150,6 +173,33 @@ class Authorize:
             '/voiso.apikeys.v1.Authorize/CheckBatch',
             voiso_dot_apikeys_dot_v1_dot_authorize__pb2.CheckBatchRequest.SerializeToString,
             voiso_dot_apikeys_dot_v1_dot_authorize__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/voiso.apikeys.v1.Authorize/WatchChanges',
+            voiso_dot_apikeys_dot_v1_dot_authorize__pb2.WatchChangesRequest.SerializeToString,
+            voiso_dot_apikeys_dot_v1_dot_authorize__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

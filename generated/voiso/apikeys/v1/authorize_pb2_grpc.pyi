@@ -45,6 +45,15 @@ class AuthorizeStub:
     """Decides up to 100 checks in one call, each exactly as Check would, in
     order.
     """
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_authorize_pb2.WatchChangesRequest, _authorize_pb2.WatchChangesResponse]
+    """Streams the changes this server applies to its key cache, so that a
+    caller may reuse Check answers until a change for their key arrives.
+    The first message is a reset; a server that cannot read its change feed
+    falls silent, and a caller that hears nothing for a while must stop
+    reusing answers. UNAVAILABLE when watching is turned off,
+    RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
+    this watcher fell too far behind.
+    """
 
 @_typing.type_check_only
 class AuthorizeAsyncStub(AuthorizeStub):
@@ -62,6 +71,15 @@ class AuthorizeAsyncStub(AuthorizeStub):
     CheckBatch: _aio.UnaryUnaryMultiCallable[_authorize_pb2.CheckBatchRequest, _authorize_pb2.CheckBatchResponse]  # type: ignore[assignment]
     """Decides up to 100 checks in one call, each exactly as Check would, in
     order.
+    """
+    WatchChanges: _aio.UnaryStreamMultiCallable[_authorize_pb2.WatchChangesRequest, _authorize_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """Streams the changes this server applies to its key cache, so that a
+    caller may reuse Check answers until a change for their key arrives.
+    The first message is a reset; a server that cannot read its change feed
+    falls silent, and a caller that hears nothing for a while must stop
+    reusing answers. UNAVAILABLE when watching is turned off,
+    RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
+    this watcher fell too far behind.
     """
 
 class AuthorizeServicer(metaclass=_abc_1.ABCMeta):
@@ -89,6 +107,21 @@ class AuthorizeServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_authorize_pb2.CheckBatchResponse, _abc.Awaitable[_authorize_pb2.CheckBatchResponse]]:
         """Decides up to 100 checks in one call, each exactly as Check would, in
         order.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request: _authorize_pb2.WatchChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_authorize_pb2.WatchChangesResponse], _abc.AsyncIterator[_authorize_pb2.WatchChangesResponse]]:
+        """Streams the changes this server applies to its key cache, so that a
+        caller may reuse Check answers until a change for their key arrives.
+        The first message is a reset; a server that cannot read its change feed
+        falls silent, and a caller that hears nothing for a while must stop
+        reusing answers. UNAVAILABLE when watching is turned off,
+        RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
+        this watcher fell too far behind.
         """
 
 def add_AuthorizeServicer_to_server(servicer: AuthorizeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

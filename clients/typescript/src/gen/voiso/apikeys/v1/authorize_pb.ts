@@ -4,13 +4,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file voiso/apikeys/v1/authorize.proto.
  */
 export const file_voiso_apikeys_v1_authorize: GenFile = /*@__PURE__*/
-  fileDesc("CiB2b2lzby9hcGlrZXlzL3YxL2F1dGhvcml6ZS5wcm90bxIQdm9pc28uYXBpa2V5cy52MSJMCgxDaGVja1JlcXVlc3QSCwoDa2V5GAEgASgJEg4KBm1ldGhvZBgCIAEoCRIMCgRwYXRoGAMgASgJEhEKCWNsaWVudF9pcBgEIAEoCSK1AQoNQ2hlY2tSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEigKBnJlYXNvbhgCIAEoDjIYLnZvaXNvLmFwaWtleXMudjEuUmVhc29uEg4KBmtleV9pZBgDIAEoCRIZChFjb250YWN0X2NlbnRlcl9pZBgEIAEoCRIWCg5ncmFudGVkX3Njb3BlcxgFIAMoCRIXCg9yZXF1aXJlZF9zY29wZXMYBiADKAkSDQoFcm91dGUYByABKAkiQwoRQ2hlY2tCYXRjaFJlcXVlc3QSLgoGY2hlY2tzGAEgAygLMh4udm9pc28uYXBpa2V5cy52MS5DaGVja1JlcXVlc3QiRgoSQ2hlY2tCYXRjaFJlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy52b2lzby5hcGlrZXlzLnYxLkNoZWNrUmVzcG9uc2Uq6gEKBlJlYXNvbhIWChJSRUFTT05fVU5TUEVDSUZJRUQQABISCg5SRUFTT05fQUxMT1dFRBABEhgKFFJFQVNPTl9LRVlfTUFMRk9STUVEEAISGAoUUkVBU09OX0tFWV9OT1RfRk9VTkQQAxIYChRSRUFTT05fU0NPUEVfTUlTU0lORxAEEhoKFlJFQVNPTl9ST1VURV9OT1RfRk9VTkQQBRIXChNSRUFTT05fS0VZX0RJU0FCTEVEEAYSFgoSUkVBU09OX0tFWV9FWFBJUkVEEAcSGQoVUkVBU09OX0lQX05PVF9BTExPV0VEEAgyrgEKCUF1dGhvcml6ZRJICgVDaGVjaxIeLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tSZXF1ZXN0Gh8udm9pc28uYXBpa2V5cy52MS5DaGVja1Jlc3BvbnNlElcKCkNoZWNrQmF0Y2gSIy52b2lzby5hcGlrZXlzLnYxLkNoZWNrQmF0Y2hSZXF1ZXN0GiQudm9pc28uYXBpa2V5cy52MS5DaGVja0JhdGNoUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("CiB2b2lzby9hcGlrZXlzL3YxL2F1dGhvcml6ZS5wcm90bxIQdm9pc28uYXBpa2V5cy52MSJMCgxDaGVja1JlcXVlc3QSCwoDa2V5GAEgASgJEg4KBm1ldGhvZBgCIAEoCRIMCgRwYXRoGAMgASgJEhEKCWNsaWVudF9pcBgEIAEoCSL1AQoNQ2hlY2tSZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEigKBnJlYXNvbhgCIAEoDjIYLnZvaXNvLmFwaWtleXMudjEuUmVhc29uEg4KBmtleV9pZBgDIAEoCRIZChFjb250YWN0X2NlbnRlcl9pZBgEIAEoCRIWCg5ncmFudGVkX3Njb3BlcxgFIAMoCRIXCg9yZXF1aXJlZF9zY29wZXMYBiADKAkSDQoFcm91dGUYByABKAkSEAoIcmV2aXNpb24YCCABKAMSLAoJY2FjaGVfdHRsGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkMKEUNoZWNrQmF0Y2hSZXF1ZXN0Ei4KBmNoZWNrcxgBIAMoCzIeLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tSZXF1ZXN0IkYKEkNoZWNrQmF0Y2hSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8udm9pc28uYXBpa2V5cy52MS5DaGVja1Jlc3BvbnNlIhUKE1dhdGNoQ2hhbmdlc1JlcXVlc3QitwEKFFdhdGNoQ2hhbmdlc1Jlc3BvbnNlEgwKBG1hcmsYASABKAMSKAoFcmVzZXQYAiABKAsyFy52b2lzby5hcGlrZXlzLnYxLlJlc2V0SAASLAoHY2hhbmdlcxgDIAEoCzIZLnZvaXNvLmFwaWtleXMudjEuQ2hhbmdlc0gAEjAKCWhlYXJ0YmVhdBgEIAEoCzIbLnZvaXNvLmFwaWtleXMudjEuSGVhcnRiZWF0SABCBwoFZXZlbnQiBwoFUmVzZXQiCwoJSGVhcnRiZWF0IjQKB0NoYW5nZXMSKQoHY2hhbmdlcxgBIAMoCzIYLnZvaXNvLmFwaWtleXMudjEuQ2hhbmdlIlYKBkNoYW5nZRIOCgZrZXlfaWQYASABKAkSKgoEa2luZBgCIAEoDjIcLnZvaXNvLmFwaWtleXMudjEuQ2hhbmdlS2luZBIQCghzZXF1ZW5jZRgDIAEoAyrqAQoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEhIKDlJFQVNPTl9BTExPV0VEEAESGAoUUkVBU09OX0tFWV9NQUxGT1JNRUQQAhIYChRSRUFTT05fS0VZX05PVF9GT1VORBADEhgKFFJFQVNPTl9TQ09QRV9NSVNTSU5HEAQSGgoWUkVBU09OX1JPVVRFX05PVF9GT1VORBAFEhcKE1JFQVNPTl9LRVlfRElTQUJMRUQQBhIWChJSRUFTT05fS0VZX0VYUElSRUQQBxIZChVSRUFTT05fSVBfTk9UX0FMTE9XRUQQCCq/AQoKQ2hhbmdlS2luZBIbChdDSEFOR0VfS0lORF9VTlNQRUNJRklFRBAAEhcKE0NIQU5HRV9LSU5EX0NSRUFURUQQARIXChNDSEFOR0VfS0lORF9VUERBVEVEEAISFwoTQ0hBTkdFX0tJTkRfREVMRVRFRBADEhgKFENIQU5HRV9LSU5EX0RJU0FCTEVEEAQSFwoTQ0hBTkdFX0tJTkRfRU5BQkxFRBAFEhYKEkNIQU5HRV9LSU5EX1JPTExFRBAGMo8CCglBdXRob3JpemUSSAoFQ2hlY2sSHi52b2lzby5hcGlrZXlzLnYxLkNoZWNrUmVxdWVzdBofLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tSZXNwb25zZRJXCgpDaGVja0JhdGNoEiMudm9pc28uYXBpa2V5cy52MS5DaGVja0JhdGNoUmVxdWVzdBokLnZvaXNvLmFwaWtleXMudjEuQ2hlY2tCYXRjaFJlc3BvbnNlEl8KDFdhdGNoQ2hhbmdlcxIlLnZvaXNvLmFwaWtleXMudjEuV2F0Y2hDaGFuZ2VzUmVxdWVzdBomLnZvaXNvLmFwaWtleXMudjEuV2F0Y2hDaGFuZ2VzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration]);
 
 /**
  * Request of Authorize.Check.
@@ -111,6 +113,24 @@ export type CheckResponse = Message<"voiso.apikeys.v1.CheckResponse"> & {
    * @generated from field: string route = 7;
    */
   route: string;
+
+  /**
+   * The answering server's mark when it read the key: every change with a
+   * sequence up to it is reflected in this answer. Compare with the
+   * sequences of WatchChanges.
+   *
+   * @generated from field: int64 revision = 8;
+   */
+  revision: bigint;
+
+  /**
+   * How long, counted from when the request was sent, this answer may be
+   * reused at most: until the key expires or a rolled key's previous secret
+   * stops working, and never longer than the server's cache TTL.
+   *
+   * @generated from field: google.protobuf.Duration cache_ttl = 9;
+   */
+  cacheTtl?: Duration | undefined;
 };
 
 /**
@@ -161,6 +181,160 @@ export type CheckBatchResponse = Message<"voiso.apikeys.v1.CheckBatchResponse"> 
  */
 export const CheckBatchResponseSchema: GenMessage<CheckBatchResponse> = /*@__PURE__*/
   messageDesc(file_voiso_apikeys_v1_authorize, 3);
+
+/**
+ * Request of Authorize.WatchChanges.
+ *
+ * @generated from message voiso.apikeys.v1.WatchChangesRequest
+ */
+export type WatchChangesRequest = Message<"voiso.apikeys.v1.WatchChangesRequest"> & {
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.WatchChangesRequest.
+ * Use `create(WatchChangesRequestSchema)` to create a new message.
+ */
+export const WatchChangesRequestSchema: GenMessage<WatchChangesRequest> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_authorize, 4);
+
+/**
+ * One message of Authorize.WatchChanges.
+ *
+ * @generated from message voiso.apikeys.v1.WatchChangesResponse
+ */
+export type WatchChangesResponse = Message<"voiso.apikeys.v1.WatchChangesResponse"> & {
+  /**
+   * The sender's mark: it has applied every change with a sequence up to
+   * this one that can ever commit.
+   *
+   * @generated from field: int64 mark = 1;
+   */
+  mark: bigint;
+
+  /**
+   * @generated from oneof voiso.apikeys.v1.WatchChangesResponse.event
+   */
+  event: {
+    /**
+     * Forget every answer held: the stream just started, the server cleared
+     * its cache, or continuity broke (a failover, a replaced database).
+     * Only answers with a revision of at least this message's mark may be
+     * kept from now on.
+     *
+     * @generated from field: voiso.apikeys.v1.Reset reset = 2;
+     */
+    value: Reset;
+    case: "reset";
+  } | {
+    /**
+     * Changes the server has applied, in the order it applied them.
+     *
+     * @generated from field: voiso.apikeys.v1.Changes changes = 3;
+     */
+    value: Changes;
+    case: "changes";
+  } | {
+    /**
+     * Nothing changed; the server is reading its change feed.
+     *
+     * @generated from field: voiso.apikeys.v1.Heartbeat heartbeat = 4;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.WatchChangesResponse.
+ * Use `create(WatchChangesResponseSchema)` to create a new message.
+ */
+export const WatchChangesResponseSchema: GenMessage<WatchChangesResponse> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_authorize, 5);
+
+/**
+ * See WatchChangesResponse.reset.
+ *
+ * @generated from message voiso.apikeys.v1.Reset
+ */
+export type Reset = Message<"voiso.apikeys.v1.Reset"> & {
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.Reset.
+ * Use `create(ResetSchema)` to create a new message.
+ */
+export const ResetSchema: GenMessage<Reset> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_authorize, 6);
+
+/**
+ * See WatchChangesResponse.heartbeat.
+ *
+ * @generated from message voiso.apikeys.v1.Heartbeat
+ */
+export type Heartbeat = Message<"voiso.apikeys.v1.Heartbeat"> & {
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_authorize, 7);
+
+/**
+ * See WatchChangesResponse.changes.
+ *
+ * @generated from message voiso.apikeys.v1.Changes
+ */
+export type Changes = Message<"voiso.apikeys.v1.Changes"> & {
+  /**
+   * @generated from field: repeated voiso.apikeys.v1.Change changes = 1;
+   */
+  changes: Change[];
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.Changes.
+ * Use `create(ChangesSchema)` to create a new message.
+ */
+export const ChangesSchema: GenMessage<Changes> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_authorize, 8);
+
+/**
+ * One change to one key. An answer for the key with a revision below the
+ * sequence is stale.
+ *
+ * @generated from message voiso.apikeys.v1.Change
+ */
+export type Change = Message<"voiso.apikeys.v1.Change"> & {
+  /**
+   * The changed key's id.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * What happened to it.
+   *
+   * @generated from field: voiso.apikeys.v1.ChangeKind kind = 2;
+   */
+  kind: ChangeKind;
+
+  /**
+   * Where the change sits in the change feed.
+   *
+   * @generated from field: int64 sequence = 3;
+   */
+  sequence: bigint;
+};
+
+/**
+ * Describes the message voiso.apikeys.v1.Change.
+ * Use `create(ChangeSchema)` to create a new message.
+ */
+export const ChangeSchema: GenMessage<Change> = /*@__PURE__*/
+  messageDesc(file_voiso_apikeys_v1_authorize, 9);
 
 /**
  * Why a check was decided as it was.
@@ -239,6 +413,56 @@ export const ReasonSchema: GenEnum<Reason> = /*@__PURE__*/
   enumDesc(file_voiso_apikeys_v1_authorize, 0);
 
 /**
+ * What happened to a key.
+ *
+ * @generated from enum voiso.apikeys.v1.ChangeKind
+ */
+export enum ChangeKind {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: CHANGE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: CHANGE_KIND_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * @generated from enum value: CHANGE_KIND_UPDATED = 2;
+   */
+  UPDATED = 2,
+
+  /**
+   * @generated from enum value: CHANGE_KIND_DELETED = 3;
+   */
+  DELETED = 3,
+
+  /**
+   * @generated from enum value: CHANGE_KIND_DISABLED = 4;
+   */
+  DISABLED = 4,
+
+  /**
+   * @generated from enum value: CHANGE_KIND_ENABLED = 5;
+   */
+  ENABLED = 5,
+
+  /**
+   * @generated from enum value: CHANGE_KIND_ROLLED = 6;
+   */
+  ROLLED = 6,
+}
+
+/**
+ * Describes the enum voiso.apikeys.v1.ChangeKind.
+ */
+export const ChangeKindSchema: GenEnum<ChangeKind> = /*@__PURE__*/
+  enumDesc(file_voiso_apikeys_v1_authorize, 1);
+
+/**
  * Authorization of public v4 API requests, called by the v4 services on every
  * request.
  *
@@ -269,6 +493,22 @@ export const Authorize: GenService<{
     methodKind: "unary";
     input: typeof CheckBatchRequestSchema;
     output: typeof CheckBatchResponseSchema;
+  },
+  /**
+   * Streams the changes this server applies to its key cache, so that a
+   * caller may reuse Check answers until a change for their key arrives.
+   * The first message is a reset; a server that cannot read its change feed
+   * falls silent, and a caller that hears nothing for a while must stop
+   * reusing answers. UNAVAILABLE when watching is turned off,
+   * RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
+   * this watcher fell too far behind.
+   *
+   * @generated from rpc voiso.apikeys.v1.Authorize.WatchChanges
+   */
+  watchChanges: {
+    methodKind: "server_streaming";
+    input: typeof WatchChangesRequestSchema;
+    output: typeof WatchChangesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiso_apikeys_v1_authorize, 0);
