@@ -32,7 +32,7 @@ from google.protobuf.internal import api_implementation
 from bench import h2
 from clients._channel import ChannelOptions
 from clients._key_admin import KeyAdminClient
-from clients._loadtest import well_formed_key
+from clients._keys import well_formed_key
 from clients.devtoken import dev_signing_key_path, mint_dev_token
 from voiso.apikeys.v1 import authorize_pb2
 

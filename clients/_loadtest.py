@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import secrets
 import time
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from hdrh.histogram import HdrHistogram
 
 from clients._channel import ChannelOptions, create_aio_channel
 from clients._key_admin import AsyncKeyAdminClient
+from clients._keys import KEY_LENGTH, KEY_PREFIX
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "format_table",
     "prepare_keys",
     "run_load",
-    "well_formed_key",
 ]
 
 
@@ -72,39 +70,17 @@ PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
 DEFAULT_CALL_TIMEOUT: Final = 1.0
 DEFAULT_DURATION: Final = 10.0
 
-# The service's public key format (``vsk_``, 43 base62 characters of secret,
-# a 6-character CRC32 checksum), repeated here because clients/ does not
-# import the server: unknown keys pass the server's format check and cost it
-# a lookup, as a guessed key would.
-_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_PREFIX = "vsk_"
-_SECRET_CHARS = 43
-_CHECKSUM_CHARS = 6
 MALFORMED_KEYS: Final = (
     "",
     "vsk_short",
     "not-a-key",
     # Right length and alphabet, wrong checksum: the look-alike a scanner rejects.
-    _PREFIX + "A" * (_SECRET_CHARS + _CHECKSUM_CHARS),
+    KEY_PREFIX + "A" * (KEY_LENGTH - len(KEY_PREFIX)),
 )
 # Latencies are recorded in microseconds, up to a minute, to 3 significant digits.
 _HISTOGRAM_MAX_US = 60_000_000
 _PROGRESS_INTERVAL = 0.2
 _PROGRESS_WIDTH = 30
-
-
-def _base62(value: int, width: int) -> str:
-    digits = []
-    for _ in range(width):
-        value, digit = divmod(value, 62)
-        digits.append(_ALPHABET[digit])
-    return "".join(reversed(digits))
-
-
-def well_formed_key() -> str:
-    """A random key in the service's format that no server has issued."""
-    body = _PREFIX + _base62(int.from_bytes(secrets.token_bytes(32), "big"), _SECRET_CHARS)
-    return body + _base62(zlib.crc32(body.encode("ascii")), _CHECKSUM_CHARS)
 
 
 class PlanError(ValueError):

@@ -13,6 +13,7 @@ import sys
 from typing import TextIO
 
 from clients._channel import ChannelOptions
+from clients._keys import well_formed_key
 from clients._loadtest import (
     DEFAULT_CALL_TIMEOUT,
     DEFAULT_DURATION,
@@ -28,7 +29,6 @@ from clients._loadtest import (
     delete_keys,
     prepare_keys,
     run_load,
-    well_formed_key,
 )
 
 __all__ = ["add_arguments", "progress_stream", "run_command"]
