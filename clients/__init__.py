@@ -1,7 +1,9 @@
 """Typed Python clients of the API-key service.
 
 ``AuthorizeClient`` / ``AsyncAuthorizeClient`` answer whether a key may call a
-v4 route; ``KeyAdminClient`` / ``AsyncKeyAdminClient`` manage a contact
+v4 route; ``CachingAuthorizeClient`` / ``AsyncCachingAuthorizeClient`` do the
+same and answer repeated checks from memory while the server streams its
+changes; ``KeyAdminClient`` / ``AsyncKeyAdminClient`` manage a contact
 center's keys with an admin token. All take a :class:`ChannelOptions` and
 raise the :class:`ApiKeysError` tree on failed calls::
 
@@ -20,6 +22,12 @@ from clients._authorize import (
     AuthorizeClient,
     Decision,
     Reason,
+)
+from clients._caching import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_STALENESS,
+    AsyncCachingAuthorizeClient,
+    CachingAuthorizeClient,
 )
 from clients._channel import (
     DEFAULT_TARGET,
@@ -48,12 +56,16 @@ from clients._key_admin import DEFAULT_ADMIN_TIMEOUT, AsyncKeyAdminClient, KeyAd
 __all__ = [
     "DEFAULT_ADMIN_TIMEOUT",
     "DEFAULT_CHECK_TIMEOUT",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_STALENESS",
     "DEFAULT_TARGET",
     "MAX_CHECKS_PER_BATCH",
     "ApiKeysError",
     "AsyncAuthorizeClient",
+    "AsyncCachingAuthorizeClient",
     "AsyncKeyAdminClient",
     "AuthorizeClient",
+    "CachingAuthorizeClient",
     "ChannelOptions",
     "DeadlineExceeded",
     "Decision",

@@ -7,7 +7,7 @@ because it becomes the gRPC deadline the server sees and stops working at.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -162,8 +162,31 @@ class AuthorizeClient(ChannelClient):
         """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method``
         ``path`` from ``client_ip`` (the caller's address, for keys limited to
         networks)."""
+        return Decision.from_proto(
+            self.check_response(key, method, path, client_ip=client_ip, timeout=timeout)
+        )
+
+    def check_response(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        client_ip: str = "",
+        timeout: float | None = None,
+    ) -> authorize_pb2.CheckResponse:
+        """The server's whole answer to :meth:`check`, with the ``revision``
+        and ``cache_ttl`` a caller that reuses answers needs."""
         request = _check_request(key, method, path, client_ip)
-        return Decision.from_proto(self._call(self._stub.Check, request, timeout))
+        return self._call(self._stub.Check, request, timeout)
+
+    def watch_changes(self) -> Iterator[authorize_pb2.WatchChangesResponse]:
+        """The ``WatchChanges`` stream: iterate it for the server's messages;
+        it is also a ``grpc.Call`` (``cancel()``). Not retried, no deadline."""
+        stream: Iterator[authorize_pb2.WatchChangesResponse] = self._stub.WatchChanges(
+            authorize_pb2.WatchChangesRequest()
+        )
+        return stream
 
     def check_many(
         self, items: Sequence[CheckItem], *, timeout: float | None = None
@@ -210,8 +233,30 @@ class AsyncAuthorizeClient(AsyncChannelClient):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
         """The awaitable form of :meth:`AuthorizeClient.check`."""
+        return Decision.from_proto(
+            await self.check_response(key, method, path, client_ip=client_ip, timeout=timeout)
+        )
+
+    async def check_response(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        *,
+        client_ip: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> authorize_pb2.CheckResponse:
+        """The awaitable form of :meth:`AuthorizeClient.check_response`."""
         request = _check_request(key, method, path, client_ip)
-        return Decision.from_proto(await self._call(self._stub.Check, request, timeout))
+        return await self._call(self._stub.Check, request, timeout)
+
+    def watch_changes(
+        self,
+    ) -> grpc.aio.UnaryStreamCall[
+        authorize_pb2.WatchChangesRequest, authorize_pb2.WatchChangesResponse
+    ]:
+        """The ``WatchChanges`` stream as an ``async for``-able call; not retried, no deadline."""
+        return self._stub.WatchChanges(authorize_pb2.WatchChangesRequest())
 
     async def check_many(
         self,
