@@ -7,6 +7,9 @@ Every answer is counted: decisions by reason (also per key kind, so a run shows
 whether each kind was decided as it should be), failed calls by gRPC code, and
 the latency of each answered call in an HdrHistogram. Calls go out on raw
 ``grpc.aio`` stubs without client retries, so each request is exactly one call.
+With ``cache`` each connection is an :class:`~clients.AsyncCachingAuthorizeClient`
+(still without retries) that its workers share, and the result also counts
+the answers that came from its memory.
 
 This module is the library side (plan, run, result, table); the command line
 that builds a plan from its options is ``clients._loadtest_cli``.
@@ -15,6 +18,7 @@ that builds a plan from its options is ``clients._loadtest_cli``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import Counter
@@ -25,7 +29,9 @@ from typing import Any, Final, NamedTuple, TextIO
 import grpc
 from hdrh.histogram import HdrHistogram
 
+from clients._caching import AsyncCachingAuthorizeClient
 from clients._channel import ChannelOptions, create_aio_channel
+from clients._exceptions import ApiKeysError
 from clients._key_admin import AsyncKeyAdminClient
 from clients._keys import KEY_LENGTH, KEY_PREFIX
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc
@@ -80,6 +86,8 @@ MALFORMED_KEYS: Final = (
 # Latencies are recorded in microseconds, up to a minute, to 3 significant digits.
 _HISTOGRAM_MAX_US = 60_000_000
 _PROGRESS_INTERVAL = 0.2
+# How long a cached run waits for its streams to speak before it starts sending.
+_FRESH_WAIT = 2.0
 _PROGRESS_WIDTH = 30
 
 
@@ -119,6 +127,7 @@ class LoadPlan:
     duration: float | None = DEFAULT_DURATION
     requests: int | None = None
     timeout: float = DEFAULT_CALL_TIMEOUT
+    cache: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.connections < 1:
@@ -165,6 +174,8 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     latency: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, _HISTOGRAM_MAX_US, 3))
     elapsed: float = 0.0
+    from_memory: int | None = None
+    """Answers the caching clients gave from memory; ``None`` when the run did not cache."""
 
     @property
     def answered(self) -> int:
@@ -182,11 +193,13 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form of ``--json``."""
+        cached = {} if self.from_memory is None else {"from_memory": self.from_memory}
         return {
             "elapsed_seconds": round(self.elapsed, 3),
             "sent": sum(self.sent.values()),
             "answered": self.answered,
             "throughput_per_second": round(self.throughput, 1),
+            **cached,
             "latency_ms": {
                 f"p{percentile:g}": self.percentile_ms(percentile) for percentile in PERCENTILES
             }
@@ -253,7 +266,19 @@ async def run_load(
     reason_names = {
         value: authorize_pb2.Reason.Name(value) for value in authorize_pb2.Reason.values()
     }
-    channels = [create_aio_channel(options, own_connection=True) for _ in range(plan.connections)]
+    channels: list[grpc.aio.Channel] = []
+    cached: list[AsyncCachingAuthorizeClient] = []
+    if plan.cache:
+        # Without retries, as the raw stubs: a miss is exactly one call.
+        single_attempt = dataclasses.replace(options, max_attempts=1)
+        cached = [AsyncCachingAuthorizeClient(single_attempt) for _ in range(plan.connections)]
+        # Until its stream has spoken a client keeps nothing; a run that
+        # started sooner would measure the server instead.
+        await asyncio.gather(*(client.wait_fresh(_FRESH_WAIT) for client in cached))
+    else:
+        channels = [
+            create_aio_channel(options, own_connection=True) for _ in range(plan.connections)
+        ]
     stubs = [authorize_pb2_grpc.AuthorizeStub(channel) for channel in channels]
     remaining = plan.requests
     started = time.perf_counter()
@@ -274,6 +299,13 @@ async def run_load(
             return None
         return next(position)
 
+    def count(kind: str, reason: str) -> None:
+        result.decisions[reason] += 1
+        reasons = by_kind.get(kind)
+        if reasons is None:
+            reasons = by_kind[kind] = Counter()
+        reasons[reason] += 1
+
     async def worker(stub: authorize_pb2_grpc.AuthorizeStub) -> None:
         check: Any = stub.Check
         while (index := take()) is not None:
@@ -287,20 +319,40 @@ async def run_load(
                 result.errors[exc.code().name] += 1
                 continue
             record(max(1, int((perf_counter() - begin) * 1_000_000)))
-            reason = reason_names.get(response.reason, str(response.reason))
-            result.decisions[reason] += 1
-            reasons = by_kind.get(kind)
-            if reasons is None:
-                reasons = by_kind[kind] = Counter()
-            reasons[reason] += 1
+            count(kind, reason_names.get(response.reason, str(response.reason)))
+
+    async def cached_worker(client: AsyncCachingAuthorizeClient) -> None:
+        while (index := take()) is not None:
+            scheduled = schedule[index % length]
+            kind = scheduled.kind
+            request = scheduled.request
+            result.sent[kind] += 1
+            begin = perf_counter()
+            try:
+                decision = await client.check(
+                    request.key, request.method, request.path, timeout=timeout
+                )
+            except ApiKeysError as exc:
+                result.errors[exc.code.name] += 1
+                continue
+            record(max(1, int((perf_counter() - begin) * 1_000_000)))
+            count(kind, decision.reason.value)
+            # A hit never suspends; without this one worker would keep the
+            # loop, and the stream that keeps the memory fresh would starve.
+            await asyncio.sleep(0)
 
     reporter = None
     if progress is not None:
         reporter = asyncio.create_task(_report_progress(plan, result, started, progress))
     try:
-        await asyncio.gather(
-            *(worker(stubs[index % len(stubs)]) for index in range(plan.concurrency))
-        )
+        if cached:
+            await asyncio.gather(
+                *(cached_worker(cached[index % len(cached)]) for index in range(plan.concurrency))
+            )
+        else:
+            await asyncio.gather(
+                *(worker(stubs[index % len(stubs)]) for index in range(plan.concurrency))
+            )
     finally:
         result.elapsed = perf_counter() - started
         if reporter is not None:
@@ -311,6 +363,10 @@ async def run_load(
             progress.flush()
         for channel in channels:
             await channel.close()
+        if cached:
+            result.from_memory = sum(client.hits for client in cached)
+        for client in cached:
+            await client.close()
     return result
 
 
@@ -337,6 +393,10 @@ def format_table(result: LoadResult) -> str:
         f"{'answered':<24}{result.answered:>12} in {result.elapsed:.2f} s "
         f"({sum(result.sent.values())} sent)",
         f"{'throughput':<24}{result.throughput:>12,.1f} /s",
+    ]
+    if result.from_memory is not None:
+        lines.append(f"{'from memory':<24}{result.from_memory:>12}")
+    lines += [
         "",
         "latency (ms)",
     ]

@@ -101,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + "; ".join(f"{method} {path}" for method, path in DEFAULT_ROUTES)
         + ")",
     )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="check through caching clients (one per connection) that answer repeated "
+        "checks from memory while the server streams its changes; reports how many did",
+    )
 
 
 async def run_command(
@@ -131,6 +137,7 @@ async def run_command(
             duration=None if args.requests else (args.duration or DEFAULT_DURATION),
             requests=args.requests,
             timeout=args.timeout or DEFAULT_CALL_TIMEOUT,
+            cache=args.cache,
         )
         return await run_load(plan, options, progress=progress_stream())
     finally:

@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients import _loadtest_cli
 from clients._authorize import AuthorizeClient, Decision
+from clients._caching import CachingAuthorizeClient
 from clients._channel import DEFAULT_TARGET, SERVER_ENV, ChannelOptions
 from clients._exceptions import (
     ApiKeysError,
@@ -300,6 +301,19 @@ def _add_check_command(commands: Commands, global_options: argparse.ArgumentPars
     check.add_argument(
         "--client-ip", default="", metavar="ADDRESS", help="the caller's IPv4 or IPv6 address"
     )
+    check.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="ask N times and show the last answer (default 1)",
+    )
+    check.add_argument(
+        "--cache",
+        action="store_true",
+        help="ask through the caching client, which answers repeats from memory while the "
+        "server streams its changes; shows how many answers came from memory",
+    )
     check.set_defaults(handler=_check)
 
 
@@ -561,11 +575,27 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     key = sys.stdin.readline().strip() if args.key == "-" else args.key
-    with AuthorizeClient(_channel_options(args)) as authorize:
-        decision = authorize.check(key, args.method, args.path, client_ip=args.client_ip)
-    if args.json:
-        _print_json(_decision_dict(decision))
+    options = _channel_options(args)
+    from_memory: int | None = None
+    if args.cache:
+        with CachingAuthorizeClient(options) as caching:
+            # Nothing is kept until the stream has spoken; a server that does
+            # not stream is still asked every time, only after this wait.
+            caching.wait_fresh(options.timeout or DEFAULT_ADMIN_TIMEOUT)
+            for _ in range(args.repeat):
+                decision = caching.check(key, args.method, args.path, client_ip=args.client_ip)
+            from_memory = caching.hits
     else:
+        with AuthorizeClient(options) as authorize:
+            for _ in range(args.repeat):
+                decision = authorize.check(key, args.method, args.path, client_ip=args.client_ip)
+    if args.json:
+        document = _decision_dict(decision)
+        if from_memory is not None:
+            document |= {"checks": args.repeat, "from_memory": from_memory}
+        _print_json(document)
+    else:
+        memory = [] if from_memory is None else [("from memory", f"{from_memory} of {args.repeat}")]
         _print_fields(
             [
                 ("allowed", "yes" if decision.allowed else "no"),
@@ -575,6 +605,7 @@ def _check(args: argparse.Namespace) -> int:
                 ("contact center", decision.contact_center_id or "-"),
                 ("granted scopes", ", ".join(decision.granted_scopes) or "-"),
                 ("required scopes", ", ".join(decision.required_scopes) or "-"),
+                *memory,
             ]
         )
     return 0 if decision.allowed else 1
@@ -657,6 +688,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return value
 
 
