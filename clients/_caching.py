@@ -308,7 +308,10 @@ class CachingAuthorizeClient:
         return decision
 
     def close(self) -> None:
-        """Stops the stream and closes the channel; calls in flight are cancelled."""
+        """Stops the stream and closes the channel; calls in flight are cancelled.
+        Closing again does nothing."""
+        if self._closed.is_set():
+            return
         self._closed.set()
         # Closing the channel ends the stream the follower is blocked on.
         self._authorize.close()
@@ -360,6 +363,7 @@ class AsyncCachingAuthorizeClient:
         self._authorize = AsyncAuthorizeClient(options)
         self._hits = 0
         self._misses = 0
+        self._closed = False
         self._follower = asyncio.get_running_loop().create_task(
             self._follow(), name="apikeys-watch-changes"
         )
@@ -426,7 +430,11 @@ class AsyncCachingAuthorizeClient:
         return decision
 
     async def close(self) -> None:
-        """Stops the stream and closes the channel; calls in flight are cancelled."""
+        """Stops the stream and closes the channel; calls in flight are cancelled.
+        Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._follower.cancel()
         await asyncio.wait({self._follower})
         await self._authorize.close()
