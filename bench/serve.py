@@ -57,7 +57,7 @@ BASELINE_BATCH = authorize_pb2.CheckBatchResponse(results=[BASELINE_RESPONSE] * 
 class NoopAuthorize(authorize_pb2_grpc.AuthorizeServicer):
     """Answers every call with a constant message, doing no work at all."""
 
-    def __init__(self, _authorizer: object) -> None:
+    def __init__(self, _authorizer: object, _watchers: object = None) -> None:
         pass
 
     async def Check(self, request: Any, context: Any) -> authorize_pb2.CheckResponse:

@@ -68,6 +68,7 @@ from server.store import open_store
 from server.tls import CertificateError, CertificateFiles, ServerCertificates
 from server.tracing import TracingInterceptor, tracer_provider_from_environment
 from server.transport import TransportLimits
+from server.watchers import FRESH_MARGIN_S, Watchers
 from voiso.apikeys.v1 import authorize_pb2, authorize_pb2_grpc, key_admin_pb2, key_admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,9 @@ class Wiring:
     """The parts the server is built from; the defaults are production's."""
 
     open_store: StoreOpener = open_store
-    authorize_servicer: Callable[[Checks], authorize_pb2_grpc.AuthorizeServicer] = AuthorizeServicer
+    authorize_servicer: Callable[
+        [Checks, Watchers | None], authorize_pb2_grpc.AuthorizeServicer
+    ] = AuthorizeServicer
     # Envoy's generated servicer base is untyped; the registry serves the
     # methods its descriptor names.
     envoy_authorization_servicer: Callable[[Checks], object] = EnvoyAuthorizationServicer
@@ -125,6 +128,8 @@ class Parts:
     store: Storage
     cache: CachedKeyStore
     follower: ChangeFollower
+    watchers: Watchers | None
+    """The open ``WatchChanges`` streams; ``None`` when watching is off."""
     usage: UsageRecorder
     write_health: WriteHealth
     authorizer: Authorizer
@@ -249,13 +254,23 @@ class ApiKeysServer:
         # Before the port opens, so that no answer is cached ahead of the
         # follower knowing where the change feed stands.
         follower = ChangeFollower(store, cache, poll=settings.change_poll)
+        watchers = None
+        if settings.watch:
+            watchers = Watchers(
+                follower,
+                limit=settings.max_watchers,
+                buffer=settings.watch_buffer,
+                heartbeat=settings.watch_heartbeat,
+                fresh_within=settings.change_poll + FRESH_MARGIN_S,
+            )
+            follower.tell(watchers)
         try:
             await follower.start()
             usage = UsageRecorder(cache, interval=settings.last_used_flush)
             write_health = WriteHealth(
                 store, self._health, service=KEY_ADMIN_SERVICE, interval=settings.health_probe
             )
-            parts = self._assemble(store, cache, follower, usage, write_health)
+            parts = self._assemble(store, cache, follower, watchers, usage, write_health)
             servers = self._bound_servers(parts)
             try:
                 for server in servers:
@@ -270,6 +285,8 @@ class ApiKeysServer:
             await cache.close()
             raise
         usage.start()
+        if watchers is not None:
+            watchers.start()
         self._servers, self._parts = servers, parts
         # The store was just opened and migrated, a committed write.
         for name in ("", *SERVICE_NAMES):
@@ -330,6 +347,7 @@ class ApiKeysServer:
         store: Storage,
         cache: CachedKeyStore,
         follower: ChangeFollower,
+        watchers: Watchers | None,
         usage: UsageRecorder,
         write_health: WriteHealth,
     ) -> Parts:
@@ -342,15 +360,18 @@ class ApiKeysServer:
             routes=self._prepared.routes,
             usage=usage,
             store_timeout=settings.store_timeout,
+            cache_ttl=settings.cache_ttl,
+            marks=follower,
             clock=self._wiring.clock,
         )
         metrics = None
         if settings.metrics_listen is not None:
-            metrics = ServiceMetrics(cache=cache, follower=follower)
+            metrics = ServiceMetrics(cache=cache, follower=follower, watchers=watchers)
         return Parts(
             store=store,
             cache=cache,
             follower=follower,
+            watchers=watchers,
             usage=usage,
             write_health=write_health,
             authorizer=authorizer,
@@ -387,7 +408,9 @@ class ApiKeysServer:
         if KEY_ADMIN_SERVICE in served:
             registry.add_service(server, KEY_ADMIN, wiring.key_admin_servicer(parts.administration))
         if AUTHORIZE_SERVICE in served:
-            registry.add_service(server, AUTHORIZE, wiring.authorize_servicer(parts.checks))
+            registry.add_service(
+                server, AUTHORIZE, wiring.authorize_servicer(parts.checks, parts.watchers)
+            )
             registry.add_service(
                 server,
                 ENVOY_AUTHORIZATION,
@@ -430,6 +453,8 @@ class ApiKeysServer:
         parts = self._parts
         grace = self.settings.shutdown_grace if grace is None else grace
         await parts.write_health.stop()
+        if parts.watchers is not None:
+            await parts.watchers.stop()
         await self._health.enter_graceful_shutdown()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers = []

@@ -52,7 +52,8 @@ class CachedKeyStore:
         self._unknown: TTLCache[bytes, bool] = TTLCache(
             maxsize=negative_size, ttl=negative_ttl, timer=clock
         )
-        self._inflight: dict[bytes, asyncio.Task[KeyRecord | None]] = {}
+        # Each lookup under way with the generation it started in.
+        self._inflight: dict[bytes, tuple[asyncio.Task[KeyRecord | None], int]] = {}
         # Bumped on every invalidation so that a lookup which started before
         # it cannot put the stale answer back into the cache.
         self._generation = 0
@@ -93,8 +94,13 @@ class CachedKeyStore:
             self.hits += 1
             return None
         self.misses += 1
-        lookup = self._inflight.get(lookup_hash)
-        if lookup is None:
+        inflight = self._inflight.get(lookup_hash)
+        # Joined only if no change was applied since it started: a caller's
+        # revision is the mark when it asked, and the read it joins must not
+        # be older than every change up to that mark.
+        if inflight is not None and inflight[1] == self._generation:
+            lookup = inflight[0]
+        else:
             # The query runs in a task of the cache's own, not in the first
             # caller's: a caller that gives up (deadline, disconnect) cancels
             # only its own wait, never the lookup the others are sharing.
@@ -102,7 +108,7 @@ class CachedKeyStore:
                 self._load(lookup_hash, self._generation, self._unknown_generation)
             )
             lookup.add_done_callback(_retrieve_outcome)
-            self._inflight[lookup_hash] = lookup
+            self._inflight[lookup_hash] = (lookup, self._generation)
         return await asyncio.shield(lookup)
 
     async def _load(
@@ -111,7 +117,8 @@ class CachedKeyStore:
         try:
             record = await self._store.find_by_lookup_hash(lookup_hash)
         finally:
-            if self._inflight.get(lookup_hash) is asyncio.current_task():
+            inflight = self._inflight.get(lookup_hash)
+            if inflight is not None and inflight[0] is asyncio.current_task():
                 del self._inflight[lookup_hash]
         if generation == self._generation:
             if record is not None:
@@ -120,9 +127,20 @@ class CachedKeyStore:
                 self._unknown[lookup_hash] = True
         return record
 
-    def invalidate(self, lookup_hashes: frozenset[bytes] | set[bytes] | list[bytes]) -> None:
-        """Forgets what is known about these hashes."""
+    def invalidate(
+        self,
+        lookup_hashes: frozenset[bytes] | set[bytes] | list[bytes],
+        key_ids: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        """Forgets what is known about these hashes and every hash that finds
+        one of these keys (a rolled key has two)."""
         self._generation += 1
+        if key_ids:
+            # Changes are rare and the cache small: a scan beats keeping an
+            # index in step with every expiry and eviction.
+            held = [h for h, record in list(self._found.items()) if record.id in key_ids]
+            for lookup_hash in held:
+                self._found.pop(lookup_hash, None)
         for lookup_hash in lookup_hashes:
             self._found.pop(lookup_hash, None)
             self._unknown.pop(lookup_hash, None)
@@ -256,7 +274,7 @@ class CachedKeyStore:
 
     async def close(self) -> None:
         """Cancels lookups under way and closes the wrapped store."""
-        for lookup in list(self._inflight.values()):
+        for lookup, _ in list(self._inflight.values()):
             lookup.cancel()
         self._inflight.clear()
         await self._store.close()

@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from server.domain.errors import StoreUnavailable
-from server.domain.records import ChangeKind, FeedPosition, KeyChange
+from server.domain.records import ChangeKind, FeedPosition, KeyChange, Mark
 from server.domain.store import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ UNEXPECTED_ERROR_DELAY_S = 5.0
 class KeyCache(Protocol):
     """What the follower needs of the cache (``server.cache.CachedKeyStore``)."""
 
-    def invalidate(self, lookup_hashes: list[bytes]) -> None:
-        """Forget what is known about these lookup hashes."""
+    def invalidate(self, lookup_hashes: list[bytes], key_ids: set[str]) -> None:
+        """Forget what is known about these lookup hashes and these keys."""
         ...
 
     def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
@@ -63,6 +63,26 @@ class KeyCache(Protocol):
     def clear(self) -> None:
         """Forget everything."""
         ...
+
+
+class AppliedChanges(Protocol):
+    """Who hears what the follower applied (``server.watchers.Watchers``)."""
+
+    def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
+        """A complete read of the feed applied ``changes`` and reached ``mark``."""
+        ...
+
+    def reset(self, mark: Mark) -> None:
+        """The cache was cleared, or continuity broke; the mark is ``mark``."""
+        ...
+
+
+class _NobodyListening:
+    def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
+        return None
+
+    def reset(self, mark: Mark) -> None:
+        return None
 
 
 class PollWait(Protocol):
@@ -105,6 +125,23 @@ class ChangeFollower:
         self._tasks: list[asyncio.Task[None]] = []
         self._position: FeedPosition | None = None
         self._read_at: float | None = None
+        self._mark = Mark(0)
+        self._listener: AppliedChanges = _NobodyListening()
+
+    @property
+    def mark(self) -> Mark:
+        """The sequence up to which this process has applied every change
+        that can ever commit; it never goes back. ``Mark(0)`` until the
+        first read."""
+        return self._mark
+
+    def has_read(self) -> bool:
+        """Whether a read of the feed has ever completed."""
+        return self._read_at is not None
+
+    def tell(self, listener: AppliedChanges) -> None:
+        """From now on, report every complete read to ``listener``."""
+        self._listener = listener
 
     async def start(self) -> None:
         """Finds the feed's position, then follows it in the background.
@@ -152,30 +189,61 @@ class ChangeFollower:
             # the database down) may predate changes before that position.
             self._cache.clear()
             self._position = page.position
+            self._reached(page.mark, reset=True)
             return
+        applied: list[KeyChange] = []
+        reset = False
+        mark = self._mark.sequence
         while True:
             page = await self._feed.changes_since(self._position, limit=PAGE_SIZE)
             if page.reset:
                 self._cache.clear()
+                reset = True
                 log.warning("the database failed over or was replaced; cleared the key cache")
             elif page.missed:
                 self._cache.clear()
+                reset = True
                 log.warning("change feed fell behind pruning; cleared the key cache")
+            if any(change.key_id is None for change in page.changes):
+                self._cache.clear()
+                reset = True
+                log.warning("change entries name no key (an older release wrote them); cleared")
+            elif any(change.sequence <= self._mark.sequence for change in page.changes):
+                # Answers already carry a higher mark: this change would not
+                # make their holders drop them.
+                reset = True
+                log.warning("a change came in below the mark already handed out; reset watchers")
             self._apply(page.changes)
+            applied.extend(page.changes)
             self._position = page.position
+            mark = page.mark
             if not page.more:
-                return
+                break
+        self._reached(mark, reset=reset, applied=applied)
+
+    def _reached(self, mark: int, *, reset: bool, applied: Sequence[KeyChange] = ()) -> None:
+        """Raises the mark (never lowers it: after a failover the new
+        database's sequences may start lower) and reports the read."""
+        if mark > self._mark.sequence:
+            self._mark = Mark(mark)
+        if reset:
+            self._listener.reset(self._mark)
+        elif applied:
+            self._listener.applied(applied, self._mark)
 
     def _apply(self, changes: Sequence[KeyChange]) -> None:
         # A creation only makes a hash that was unknown known: whatever was
         # found for it since is current (later changes have entries of their
-        # own), so only updates and deletes drop found keys.
+        # own), so only the other kinds drop found keys, every hash of them.
         created = [c.lookup_hash for c in changes if c.kind is ChangeKind.CREATED]
-        changed = [c.lookup_hash for c in changes if c.kind is not ChangeKind.CREATED]
+        changed = [c for c in changes if c.kind is not ChangeKind.CREATED]
         if created:
             self._cache.forget_unknown(created)
         if changed:
-            self._cache.invalidate(changed)
+            self._cache.invalidate(
+                [c.lookup_hash for c in changed],
+                {c.key_id for c in changed if c.key_id is not None},
+            )
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -191,11 +191,15 @@ class FeedPosition(Protocol):
 class ServiceMetrics:
     """The process's metrics, as a prometheus-client collector."""
 
-    def __init__(self, *, cache: CacheCounts, follower: FeedPosition) -> None:
+    def __init__(
+        self, *, cache: CacheCounts, follower: FeedPosition, watchers: Sized | None = None
+    ) -> None:
+        """``watchers`` ``None``: watching is off (the gauge stays 0)."""
         self.checks = CheckCounts()
         self.calls = CallTimer()
         self._cache = cache
         self._follower = follower
+        self._watchers = watchers
 
     def collect(self) -> Iterator[Metric]:
         """The metric families as they stand now."""
@@ -245,7 +249,11 @@ class ServiceMetrics:
             "Seconds since the change feed was last read in full",
             value=self._follower.lag(),
         )
-        yield GaugeMetricFamily("apikeys_watchers", "Open WatchChanges streams", value=0)
+        yield GaugeMetricFamily(
+            "apikeys_watchers",
+            "Open WatchChanges streams",
+            value=0 if self._watchers is None else len(self._watchers),
+        )
 
     def registry(self) -> CollectorRegistry:
         """A registry holding these metrics alone."""

@@ -378,6 +378,28 @@ class Settings:
         default="1",
         help="seconds between reads of the key change feed",
     )
+    watch: bool = option(
+        parse=_one_of({"true": True, "false": False}),
+        default="true",
+        help="serve `Authorize.WatchChanges`, which pushes applied changes to caching clients",
+    )
+    watch_heartbeat: float = option(
+        parse=_number_at_least(0.01),
+        default="0.25",
+        help="seconds between `WatchChanges` heartbeats, sent only while the change feed is "
+        "being read (a watcher hearing nothing stops trusting what it cached)",
+    )
+    max_watchers: int = option(
+        parse=_whole_number_at_least(1),
+        default="1000",
+        help="open `WatchChanges` streams at once; past it a new one is `RESOURCE_EXHAUSTED`",
+    )
+    watch_buffer: int = option(
+        parse=_whole_number_at_least(1),
+        default="64",
+        help="messages held for one `WatchChanges` stream that is not reading; past it the "
+        "stream is cut off (`RESOURCE_EXHAUSTED`) and its caller starts afresh",
+    )
     health_probe: float = option(
         parse=_number_at_least(0.01),
         default="2",

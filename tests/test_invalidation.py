@@ -24,10 +24,34 @@ class FakeFeed:
         self.reads = 0
         self.pruned_with: list[timedelta] = []
 
-    def commit(self, seq: int, kind: ChangeKind = ChangeKind.DELETED) -> bytes:
+    def commit(
+        self, seq: int, kind: ChangeKind = ChangeKind.DELETED, *, key_id: str | None = None
+    ) -> bytes:
         lookup_hash = f"hash-{seq}".encode()
-        self.committed.append(KeyChange(seq=seq, lookup_hash=lookup_hash, kind=kind, time=_NOW))
+        self.committed.append(
+            KeyChange(
+                seq=seq,
+                sequence=seq,
+                key_id=f"key-{seq}" if key_id is None else key_id,
+                lookup_hash=lookup_hash,
+                kind=kind,
+                time=_NOW,
+            )
+        )
         return lookup_hash
+
+    def commit_unnamed(self, seq: int) -> None:
+        """An entry as the release before key ids wrote it."""
+        self.committed.append(
+            KeyChange(
+                seq=seq,
+                sequence=seq,
+                key_id=None,
+                lookup_hash=f"hash-{seq}".encode(),
+                kind=ChangeKind.UPDATED,
+                time=_NOW,
+            )
+        )
 
     def replace_database(self) -> None:
         self.committed, self.pruned, self.database = [], 0, "second"
@@ -37,16 +61,19 @@ class FakeFeed:
         if self.down:
             raise StoreUnavailable("down")
         end = FeedPosition(f"{self.database}:{len(self.committed)}")
+        mark = self.committed[-1].sequence if self.committed else 0
         if position is None:
-            return ChangePage(changes=(), position=end)
+            return ChangePage(changes=(), position=end, mark=mark)
         database, read = position.split(":")
         if database != self.database:
-            return ChangePage(changes=(), position=end, reset=True)
+            return ChangePage(changes=(), position=end, mark=mark, reset=True)
         start = max(int(read), self.pruned)
         changes = tuple(self.committed[start : start + limit])
+        read_to = start + len(changes)
         return ChangePage(
             changes=changes,
-            position=FeedPosition(f"{self.database}:{start + len(changes)}"),
+            position=FeedPosition(f"{self.database}:{read_to}"),
+            mark=self.committed[read_to - 1].sequence if read_to else 0,
             more=start + len(changes) < len(self.committed),
             missed=int(read) < self.pruned,
         )
@@ -65,11 +92,13 @@ _NOW = datetime(2025, 3, 1, tzinfo=UTC)
 class RecordingCache:
     def __init__(self) -> None:
         self.invalidated: list[bytes] = []
+        self.invalidated_keys: set[str] = set()
         self.known_now: list[bytes] = []
         self.clears = 0
 
-    def invalidate(self, lookup_hashes: list[bytes]) -> None:
+    def invalidate(self, lookup_hashes: list[bytes], key_ids: set[str]) -> None:
         self.invalidated.extend(lookup_hashes)
+        self.invalidated_keys.update(key_ids)
 
     def forget_unknown(self, lookup_hashes: list[bytes]) -> None:
         self.known_now.extend(lookup_hashes)

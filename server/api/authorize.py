@@ -1,8 +1,10 @@
 """``Authorize``: the hot path. Kept thin: one call into the ``Authorizer``
-and one message built per check, errors answered by ``server.api.errors``."""
+and one message built per check, errors answered by ``server.api.errors``.
+``WatchChanges`` relays the events of ``server.watchers``."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -11,9 +13,10 @@ from server.api import convert
 from server.api.errors import abort
 from server.domain.authorize import Checks
 from server.domain.decisions import Decision
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.errors import FieldViolation, InvalidArgument, WatchingOff
 from server.domain.memo import IdentityMemo
 from server.domain.networks import is_address
+from server.watchers import CHANGES, HEARTBEAT, RESET, Watchers, WatchEvent
 from voiso.apikeys.v1 import authorize_pb2 as pb
 from voiso.apikeys.v1 import authorize_pb2_grpc
 
@@ -26,8 +29,12 @@ MEMO_LIMIT = 4096
 class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
     """Answers ``Check`` and ``CheckBatch``."""
 
-    def __init__(self, checks: Checks) -> None:
+    def __init__(self, checks: Checks, watchers: Watchers | None = None) -> None:
+        """``watchers`` ``None``: ``WatchChanges`` is turned off."""
         self._check = checks.check
+        self._watchers = watchers
+        # One message per event, shared by every watcher it goes to.
+        self._events: IdentityMemo[pb.WatchChangesResponse] = IdentityMemo(MEMO_LIMIT)
         # The authorizer hands out the same Decision object for repeated
         # checks (constant denials, memoised allows), and a response is
         # derived from its decision alone, so the message built for it can be
@@ -71,11 +78,59 @@ class AuthorizeServicer(authorize_pb2_grpc.AuthorizeServicer):
             await abort(context, exc)
         return pb.CheckBatchResponse(results=results)
 
+    async def WatchChanges(
+        self, request: pb.WatchChangesRequest, context: Context
+    ) -> AsyncIterator[pb.WatchChangesResponse]:
+        try:
+            if self._watchers is None:
+                raise WatchingOff("WatchChanges is turned off")
+            watch = self._watchers.open()
+        except Exception as exc:
+            await abort(context, exc)
+        try:
+            while True:
+                try:
+                    event = await watch.next()
+                except Exception as exc:
+                    await abort(context, exc)
+                if event is None:
+                    return
+                yield self._event(event)
+        finally:
+            watch.close()
+
+    def _event(self, event: WatchEvent) -> pb.WatchChangesResponse:
+        message = self._events.get(event)
+        if message is None:
+            message = self._events.put(_watch_message(event), event)
+        return message
+
     def _response(self, decision: Decision) -> pb.CheckResponse:
         response = self._responses.get(decision)
         if response is None:
             response = self._responses.put(convert.check_response(decision), decision)
         return response
+
+
+def _watch_message(event: WatchEvent) -> pb.WatchChangesResponse:
+    if event.kind == RESET:
+        return pb.WatchChangesResponse(mark=event.mark, reset=pb.Reset())
+    if event.kind == HEARTBEAT:
+        return pb.WatchChangesResponse(mark=event.mark, heartbeat=pb.Heartbeat())
+    assert event.kind == CHANGES
+    return pb.WatchChangesResponse(
+        mark=event.mark,
+        changes=pb.Changes(
+            changes=[
+                pb.Change(
+                    key_id=change.key_id,
+                    kind=convert.CHANGE_KINDS[change.kind],
+                    sequence=change.sequence,
+                )
+                for change in event.changes
+            ]
+        ),
+    )
 
 
 def _validate_batch(checks: Any) -> None:

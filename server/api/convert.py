@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from server.domain.decisions import Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.keys import mask
-from server.domain.records import AuditAction, AuditRecord, KeyRecord, KeyState
+from server.domain.records import AuditAction, AuditRecord, ChangeKind, KeyRecord, KeyState
 from server.domain.scopes import Scope
 from voiso.apikeys.v1 import api_key_pb2, authorize_pb2
 
@@ -34,6 +34,9 @@ _STATES = {
 _NANOS_PER_SECOND = 1_000_000_000
 
 REASONS = {reason: authorize_pb2.Reason.Value(reason.value) for reason in Reason}
+CHANGE_KINDS = {
+    kind: authorize_pb2.ChangeKind.Value(f"CHANGE_KIND_{kind.name}") for kind in ChangeKind
+}
 
 
 def api_key(record: KeyRecord, now: datetime) -> api_key_pb2.ApiKey:

@@ -27,6 +27,9 @@ from server.domain.errors import (
     PermissionDenied,
     StoreUnavailable,
     Unauthenticated,
+    WatcherCutOff,
+    WatchersExhausted,
+    WatchingOff,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,22 @@ def _describe(exc: BaseException) -> Described | None:
             "SECRET_UNREADABLE",
             [],
         )
+    if isinstance(exc, WatchersExhausted):
+        return (
+            code_pb2.RESOURCE_EXHAUSTED,
+            f"this server takes at most {exc.limit} watchers; retry with backoff or elsewhere",
+            "WATCHERS_EXHAUSTED",
+            [],
+        )
+    if isinstance(exc, WatcherCutOff):
+        return (
+            code_pb2.RESOURCE_EXHAUSTED,
+            "this watcher fell too far behind; drop what it cached and watch again",
+            "WATCHER_CUT_OFF",
+            [],
+        )
+    if isinstance(exc, WatchingOff):
+        return code_pb2.UNIMPLEMENTED, "WatchChanges is turned off", "WATCHING_OFF", []
     if isinstance(exc, StoreUnavailable):
         return code_pb2.UNAVAILABLE, "key store unavailable; retry", "STORE_UNAVAILABLE", []
     return None

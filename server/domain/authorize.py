@@ -23,14 +23,14 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from server.domain.decisions import KEY_MALFORMED, ROUTE_NOT_FOUND, Decision, Reason
 from server.domain.errors import FieldViolation, InvalidArgument, StoreUnavailable
 from server.domain.keys import KeyHasher, checksum_matches, has_key_format
 from server.domain.memo import IdentityMemo
 from server.domain.networks import Address, NetworkSet, parse_client_ip
-from server.domain.records import KeyRecord
+from server.domain.records import KeyRecord, Mark
 from server.domain.routes import RouteMatch, RouteTable
 from server.domain.scopes import implied_scopes
 from server.domain.store import KeyLookup
@@ -55,8 +55,33 @@ class Checks(Protocol):
         ...
 
 
+class Marks(Protocol):
+    """Where the process's change-feed mark is read (the change follower)."""
+
+    @property
+    def mark(self) -> Mark:
+        """The process's mark now."""
+        ...
+
+
+class FixedMark:
+    """A mark that never moves: a process that follows no change feed."""
+
+    def __init__(self, mark: Mark) -> None:
+        self.mark = mark
+
+
+NO_FEED: Final = FixedMark(Mark(0))
+
+
 class Authorizer:
-    """Decides checks against the route table and the key store."""
+    """Decides checks against the route table and the key store.
+
+    Every decision carries the revision it was made at (the process's mark
+    before the key was read, or when a cached key was used) and the seconds
+    a caller may reuse it for: ``cache_ttl``, or less when the key expires or
+    a rolled key's previous secret stops working sooner.
+    """
 
     def __init__(
         self,
@@ -66,11 +91,16 @@ class Authorizer:
         routes: RouteTable,
         usage: UsageRecorder,
         store_timeout: float,
+        cache_ttl: float = 0.0,
+        marks: Marks = NO_FEED,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``store_timeout`` bounds, in seconds, how long a check waits for
-        the store on a cache miss; ``clock`` tells expiry and overlap ends."""
+        the store on a cache miss; ``clock`` tells expiry and overlap ends;
+        ``cache_ttl`` caps how long a caller may reuse a decision."""
         self._keys = keys
+        self._marks = marks
+        self._cache_ttl = cache_ttl
         self._clock = clock
         self._store_timeout = store_timeout
         self._hasher = hasher
@@ -86,6 +116,9 @@ class Authorizer:
         # A refusal of a found key is its scope decision with another reason:
         # derived from that decision object and the reason alone.
         self._refusals: IdentityMemo[Decision] = IdentityMemo(_MEMO_LIMIT)
+        # A decision stamped with a mark and the full TTL is derived from
+        # the two objects alone (the mark is a new object whenever it moves).
+        self._stamped: IdentityMemo[Decision] = IdentityMemo(_MEMO_LIMIT)
         self._allowlists: dict[tuple[str, ...], NetworkSet] = {}
         # Routes are the table's own objects for the server's lifetime.
         self._not_found = {
@@ -117,28 +150,70 @@ class Authorizer:
         if not method or not path or client_ip:
             client = _validate(method, path, client_ip)
         if not has_key_format(key):
-            return KEY_MALFORMED
+            return self._stamp(KEY_MALFORMED, self._marks.mark)
         lookup_hash = self._hasher.lookup_hash(key)
+        # Taken before the key is read: every change up to it is in what the
+        # read (or the cache, which drops a key before the mark passes its
+        # change) returns.
+        revision = self._marks.mark
         record = self._keys.cached(lookup_hash)
         # A cached key passed its checksum when it was made; any other key
         # proves it here, before anything else is spent on it.
         if record is None and not checksum_matches(key):
-            return KEY_MALFORMED
+            return self._stamp(KEY_MALFORMED, revision)
         match = self._routes.match(method, path)
         if match is None:
-            return ROUTE_NOT_FOUND
+            return self._stamp(ROUTE_NOT_FOUND, revision)
         if record is None:
             record = await self._look_up(lookup_hash, time_left)
             if record is None:
-                return self._not_found[id(match)]
+                return self._stamp(self._not_found[id(match)], revision)
         if record.restricted:
-            refusal = self._refuse(record, lookup_hash, match, client)
-            if refusal is not None:
-                return refusal
+            return self._restricted(record, lookup_hash, match, client, revision)
         decision = self._decide(record, match)
         if decision.allowed:
             self._usage.record(record.id)
-        return decision
+        return self._stamp(decision, revision)
+
+    def _restricted(
+        self,
+        record: KeyRecord,
+        lookup_hash: bytes,
+        match: RouteMatch,
+        client: Address | None,
+        revision: Mark,
+    ) -> Decision:
+        """The decision for a key whose time, address or secret matter; its
+        TTL ends when the answer could change with no write."""
+        now = self._clock()
+        ends = []
+        if lookup_hash != record.lookup_hash and record.previous_expire_time is not None:
+            ends.append(record.previous_expire_time)
+        if record.expire_time is not None and now < record.expire_time:
+            ends.append(record.expire_time)
+        decision = self._refuse(record, lookup_hash, match, client, now)
+        if decision is None:
+            decision = self._decide(record, match)
+            if decision.allowed:
+                self._usage.record(record.id)
+        if not ends:
+            return self._stamp(decision, revision)
+        left = (min(ends) - now).total_seconds()
+        return dataclasses.replace(
+            decision, revision=revision.sequence, cache_ttl=max(0.0, min(self._cache_ttl, left))
+        )
+
+    def _stamp(self, decision: Decision, revision: Mark) -> Decision:
+        stamped = self._stamped.get(decision, revision)
+        if stamped is None:
+            stamped = self._stamped.put(
+                dataclasses.replace(
+                    decision, revision=revision.sequence, cache_ttl=self._cache_ttl
+                ),
+                decision,
+                revision,
+            )
+        return stamped
 
     async def _look_up(self, lookup_hash: bytes, time_left: float | None) -> KeyRecord | None:
         timeout = self._store_timeout
@@ -153,11 +228,15 @@ class Authorizer:
             raise StoreUnavailable(f"the key store did not answer within {timeout:g} s") from None
 
     def _refuse(
-        self, record: KeyRecord, lookup_hash: bytes, match: RouteMatch, client: Address | None
+        self,
+        record: KeyRecord,
+        lookup_hash: bytes,
+        match: RouteMatch,
+        client: Address | None,
+        now: datetime,
     ) -> Decision | None:
-        """The refusal of a key found but not usable now or from ``client``,
-        or ``None`` when only its scopes remain to decide."""
-        now = self._clock()
+        """The refusal of a key found but not usable at ``now`` or from
+        ``client``, or ``None`` when only its scopes remain to decide."""
         if lookup_hash != record.lookup_hash and (
             record.previous_expire_time is None or now >= record.previous_expire_time
         ):

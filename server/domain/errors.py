@@ -85,3 +85,19 @@ class StoreUnavailable(DomainError):
 class KeyCollision(DomainError):
     """A new key's id or lookup hash is already used or retired; the key must
     be generated again (a 96- or 256-bit collision, so in practice never)."""
+
+
+class WatchingOff(DomainError):
+    """This server does not serve ``WatchChanges``."""
+
+
+class WatchersExhausted(DomainError):
+    """As many watchers are open as this process takes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} watchers")
+        self.limit = limit
+
+
+class WatcherCutOff(DomainError):
+    """A watcher fell too far behind the events sent to it and was cut off."""

@@ -188,13 +188,27 @@ class KeyChange:
     ``seq`` grows with every entry taken, but entries may become visible out
     of order (a transaction can commit after one that took a later ``seq``),
     which is why readers follow the feed by ``FeedPosition``, not by ``seq``.
-    Carries the lookup hash only, which is what caches are keyed by.
+    ``sequence`` places the entry against a page's ``mark`` (on PostgreSQL
+    its transaction's id, on SQLite its ``seq``); a mutation's entries share
+    it on PostgreSQL. Carries the lookup hash (what caches are keyed by) and
+    the key's id, which entries written before ids were recorded lack.
     """
 
     seq: int
+    sequence: int
+    key_id: str | None
     lookup_hash: bytes
     kind: ChangeKind
     time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A process's mark: the change sequence up to which it has applied
+    every change that can ever commit. A new object whenever it moves, so
+    that answers derived from it can be remembered by its identity."""
+
+    sequence: int
 
 
 # Where a reader of the change feed stands: opaque to the reader, which only
@@ -214,10 +228,15 @@ class ChangePage:
     received every commit, or a replaced database): whatever the reader
     derived from the database may be wrong, and ``position`` starts afresh at
     the feed's current end.
+
+    ``mark`` is the sequence up to which a reader at ``position`` has seen
+    every entry that can ever commit: an entry still to come has a higher
+    ``sequence``. It only grows along one database's feed.
     """
 
     changes: tuple[KeyChange, ...]
     position: FeedPosition
+    mark: int
     more: bool = False
     missed: bool = False
     reset: bool = False

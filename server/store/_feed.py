@@ -53,7 +53,7 @@ _POSTGRES_FEED_STATE = text(
 )
 
 _POSTGRES_DUE = text(
-    "SELECT seq, lookup_hash, kind, time FROM key_changes"
+    "SELECT seq, xid, key_id, lookup_hash, kind, time FROM key_changes"
     " WHERE xid >= :since_xmin AND seq > :after"
     " AND NOT pg_visible_in_snapshot(xid::text::xid8, CAST(CAST(:since AS text) AS pg_snapshot))"
     " AND pg_visible_in_snapshot(xid::text::xid8, CAST(CAST(:upto AS text) AS pg_snapshot))"
@@ -81,7 +81,7 @@ async def postgres_changes(
     current, database = state["snapshot"], state["database"]
     fresh = _position(database=database, since=current)
     if position is None:
-        return ChangePage(changes=(), position=fresh)
+        return ChangePage(changes=(), position=fresh, mark=_mark(current))
     held = json.loads(position)
     upto = held.get("upto", current)
     if held["database"] != database or _went_back(current, upto):
@@ -89,7 +89,7 @@ async def postgres_changes(
             "the database is not the one the change feed was read from (failover or replacement)",
             extra={"was": held["database"], "now": database},
         )
-        return ChangePage(changes=(), position=fresh, reset=True)
+        return ChangePage(changes=(), position=fresh, mark=_mark(current), reset=True)
     since = held["since"]
     result = await conn.execute(
         _POSTGRES_DUE,
@@ -110,6 +110,7 @@ async def postgres_changes(
             if more
             else _position(database=database, since=upto)
         ),
+        mark=_mark(since if more else upto),
         more=more,
         missed=int(state["pruned_below_xid"]) > _xmin(since),
     )
@@ -131,21 +132,32 @@ async def sqlite_changes(
     # A seq is never handed out twice in one file (AUTOINCREMENT).
     end = max(latest, pruned)
     if position is None:
-        return ChangePage(changes=(), position=_position(seq=end))
+        return ChangePage(changes=(), position=_position(seq=end), mark=end)
     seq = int(json.loads(position)["seq"])
     if end < seq:
         log.warning("the database file is not the one the change feed was read from")
-        return ChangePage(changes=(), position=_position(seq=end), reset=True)
+        return ChangePage(changes=(), position=_position(seq=end), mark=end, reset=True)
     result = await conn.execute(
-        select(key_changes.c.seq, key_changes.c.lookup_hash, key_changes.c.kind, key_changes.c.time)
+        select(
+            key_changes.c.seq,
+            key_changes.c.xid,
+            key_changes.c.key_id,
+            key_changes.c.lookup_hash,
+            key_changes.c.kind,
+            key_changes.c.time,
+        )
         .where(key_changes.c.seq > seq)
         .order_by(key_changes.c.seq)
         .limit(limit)
     )
     changes = tuple(_change(row) for row in result.mappings())
+    # One writer at a time: a seq is taken inside its transaction, so every
+    # entry still to commit takes a seq above the last one visible now.
+    read_to = changes[-1].seq if changes else max(seq, pruned)
     return ChangePage(
         changes=changes,
-        position=_position(seq=changes[-1].seq if changes else max(seq, pruned)),
+        position=_position(seq=read_to),
+        mark=read_to,
         more=len(changes) == limit,
         missed=pruned > seq,
     )
@@ -208,6 +220,13 @@ def _xmax(snapshot: str) -> int:
     return int(snapshot.split(":", 2)[1])
 
 
+def _mark(snapshot: str) -> int:
+    """Every transaction below a snapshot's horizon has finished, so every
+    entry of one that committed is visible in it; any other transaction has
+    an id at or above the horizon."""
+    return _xmin(snapshot) - 1
+
+
 def _went_back(current: str, previous: str) -> bool:
     """Transaction ids only grow on one database's history; lower ones mean
     another history (a standby promoted without the last commits, or a
@@ -218,6 +237,8 @@ def _went_back(current: str, previous: str) -> bool:
 def _change(row: Any) -> KeyChange:
     return KeyChange(
         seq=row["seq"],
+        sequence=row["seq"] if row["xid"] is None else row["xid"],
+        key_id=row["key_id"],
         lookup_hash=bytes(row["lookup_hash"]),
         kind=ChangeKind(row["kind"]),
         time=from_micros(row["time"]),

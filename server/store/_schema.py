@@ -1,6 +1,6 @@
 """The tables, as SQLAlchemy Core metadata.
 
-Migrations ``0001_initial`` to ``0005_key_lifecycle`` create exactly these; a
+Migrations ``0001_initial`` to ``0006_change_key_ids`` create exactly these; a
 test compares the two.
 Times are integer microseconds since the Unix epoch (UTC) so that SQLite and
 PostgreSQL compare and order them the same way.
@@ -132,11 +132,14 @@ contact_centers = Table(
 # transaction's id (``pg_current_xact_id()``), which readers compare with
 # snapshots to tell committed, running and finished transactions apart;
 # SQLite, with its single writer, leaves it NULL. ``time`` is the database's
-# clock at the insert, for pruning.
+# clock at the insert, for pruning. ``key_id`` names the changed key, so
+# that a reader drops every lookup hash it holds for it; entries written
+# before it was recorded have none, and a reader resets on them.
 key_changes = Table(
     "key_changes",
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("key_id", String(64), nullable=True),
     Column("lookup_hash", LargeBinary(32), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("time", BigInteger, nullable=False),

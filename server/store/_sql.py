@@ -230,7 +230,7 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                     new_allowed_cidrs=stored.allowed_cidrs,
                 ),
             )
-            await self._record_change(conn, stored.lookup_hash, ChangeKind.CREATED)
+            await self._record_changes(conn, stored.id, (stored.lookup_hash,), ChangeKind.CREATED)
         return stored
 
     async def get_key(self, contact_center_id: str, key_id: str) -> KeyRecord | None:
@@ -344,7 +344,7 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                     new_allowed_cidrs=after.allowed_cidrs if cidrs_changed else (),
                 ),
             )
-            await self._record_changes(conn, after.lookup_hashes, ChangeKind.UPDATED)
+            await self._record_changes(conn, after.id, after.lookup_hashes, ChangeKind.UPDATED)
         return before, after
 
     async def set_key_disabled(
@@ -375,7 +375,7 @@ class SqlKeyStore(KeyStore, ChangeFeed):
             )
             # Both secrets of a rolled key go, or the old one would keep
             # answering from caches.
-            await self._record_changes(conn, after.lookup_hashes, kind)
+            await self._record_changes(conn, after.id, after.lookup_hashes, kind)
         return before, after
 
     async def roll_key(
@@ -447,7 +447,7 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                 ),
             )
             await self._record_changes(
-                conn, (*before.lookup_hashes, roll.lookup_hash), ChangeKind.ROLLED
+                conn, after.id, (*before.lookup_hashes, roll.lookup_hash), ChangeKind.ROLLED
             )
         return before, after
 
@@ -491,7 +491,7 @@ class SqlKeyStore(KeyStore, ChangeFeed):
                     old_allowed_cidrs=deleted.allowed_cidrs,
                 ),
             )
-            await self._record_changes(conn, deleted.lookup_hashes, ChangeKind.DELETED)
+            await self._record_changes(conn, deleted.id, deleted.lookup_hashes, ChangeKind.DELETED)
         return deleted
 
     async def reveal_key(
@@ -702,26 +702,26 @@ class SqlKeyStore(KeyStore, ChangeFeed):
         return _key_record(row), _key_record({**row, **values})
 
     async def _record_changes(
-        self, conn: AsyncConnection, lookup_hashes: Sequence[bytes], kind: ChangeKind
+        self,
+        conn: AsyncConnection,
+        key_id: str,
+        lookup_hashes: Sequence[bytes],
+        kind: ChangeKind,
     ) -> None:
-        """One change entry per lookup hash that must be dropped from caches."""
+        """Append the mutation's change entries to its transaction: one per
+        lookup hash that must be dropped from caches, each naming the key.
+        Called last in it, so that the ``seq`` is taken just before the
+        commit and later ``seq`` values rarely become visible first."""
         for lookup_hash in lookup_hashes:
-            await self._record_change(conn, lookup_hash, kind)
-
-    async def _record_change(
-        self, conn: AsyncConnection, lookup_hash: bytes, kind: ChangeKind
-    ) -> None:
-        """Append a change entry to the mutation's transaction. Called last
-        in it, so that the ``seq`` is taken just before the commit and later
-        ``seq`` values rarely become visible first."""
-        values: dict[str, Any] = {
-            "lookup_hash": lookup_hash,
-            "kind": kind.value,
-            "time": database_clock(conn),
-        }
-        if self._postgres:
-            values["xid"] = POSTGRES_XID
-        seq = await conn.scalar(insert(key_changes).values(values).returning(key_changes.c.seq))
+            values: dict[str, Any] = {
+                "key_id": key_id,
+                "lookup_hash": lookup_hash,
+                "kind": kind.value,
+                "time": database_clock(conn),
+            }
+            if self._postgres:
+                values["xid"] = POSTGRES_XID
+            seq = await conn.scalar(insert(key_changes).values(values).returning(key_changes.c.seq))
         if self._postgres:
             # Only a wake-up (the payload is the seq, never key material):
             # readers take the changes themselves from the table.

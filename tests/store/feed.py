@@ -20,4 +20,10 @@ async def read_changes(
         missed, reset = missed or page.missed, reset or page.reset
         position = page.position
         if not page.more:
-            return ChangePage(changes=tuple(changes), position=position, missed=missed, reset=reset)
+            return ChangePage(
+                changes=tuple(changes),
+                position=position,
+                mark=page.mark,
+                missed=missed,
+                reset=reset,
+            )

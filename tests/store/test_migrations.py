@@ -58,7 +58,7 @@ async def test_migrating_a_fresh_database_creates_the_schema(database_url: str) 
     tables, revision, differences = await _inspect(database_url)
 
     assert tables == TABLES
-    assert revision == "0005"
+    assert revision == "0006"
     assert differences == []
 
 
@@ -76,14 +76,14 @@ async def test_migrating_again_changes_nothing(database_url: str, make_key: KeyF
     finally:
         await store.close()
     tables, revision, _ = await _inspect(database_url)
-    assert (tables, revision) == (TABLES, "0005")
+    assert (tables, revision) == (TABLES, "0006")
 
 
 async def test_replicas_migrating_at_once_all_succeed(database_url: str) -> None:
     await asyncio.gather(*(migrate(database_url) for _ in range(4)))
 
     tables, revision, _ = await _inspect(database_url)
-    assert (tables, revision) == (TABLES, "0005")
+    assert (tables, revision) == (TABLES, "0006")
 
 
 def _upgrade_to(revision: str) -> Callable[[Connection], None]:
@@ -173,7 +173,7 @@ async def test_upgrading_a_database_with_keys_of_the_previous_release_keeps_ever
     await migrate(database_url)
 
     _, revision, differences = await _inspect(database_url)
-    assert (revision, differences) == ("0005", [])
+    assert (revision, differences) == ("0006", [])
     async with running_server(
         tmp_path / "var", args=["--database-url", database_url, *SHARED_SECRETS]
     ) as h:
