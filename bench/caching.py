@@ -33,8 +33,10 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import os
+import pstats
 import secrets
 import statistics
 import subprocess
@@ -78,9 +80,10 @@ TARGET_KIND = "caching"
 TARGET_MULTIPLE: Final = 100.0
 TARGET_P99_US: Final = 50.0
 IDLE_WATCHERS: Final = 100
-DEFAULT_HOLDERS: Final = 10
+DEFAULT_HOLDERS: Final = 100
 IDLE_KINDS: Final = ("none", "caching", "raw")
 TARGET_IDLE_CORE: Final = 0.03
+PROFILE_TOP: Final = 25
 REVOCATION_BOUND_S: Final = 1.0
 DEFAULT_RUNS: Final = 3
 DEFAULT_DURATION: Final = 3.0
@@ -235,24 +238,24 @@ def decisions_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _hold(args: argparse.Namespace) -> dict[str, Any]:
-    options = ChannelOptions(target=args.target)
-    stop = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    if args.kind == "caching":
-        clients = [AsyncCachingAuthorizeClient(options) for _ in range(args.clients)]
-        try:
-            fresh = await asyncio.gather(*(c.wait_fresh(FRESH_TIMEOUT) for c in clients))
-            if not all(fresh):
-                raise RuntimeError(f"{fresh.count(False)} caching clients never got fresh")
-            print("ready", flush=True)
-            await stop
-            return {"fresh_at_end": sum(c.fresh for c in clients)}
-        finally:
-            await asyncio.gather(*(c.close() for c in clients))
-    # Raw streams, each on a connection of its own, counting what arrives.
-    channels = [create_aio_channel(options, own_connection=True) for _ in range(args.clients)]
-    counts = [0] * args.clients
-    opened = [asyncio.Event() for _ in range(args.clients)]
+async def _hold_caching(options: ChannelOptions, count: int, command: Any) -> dict[str, Any]:
+    clients = [AsyncCachingAuthorizeClient(options) for _ in range(count)]
+    try:
+        fresh = await asyncio.gather(*(c.wait_fresh(FRESH_TIMEOUT) for c in clients))
+        if not all(fresh):
+            raise RuntimeError(f"{fresh.count(False)} caching clients never got fresh")
+        print("ready", flush=True)
+        await command()
+        return {"fresh_at_end": sum(c.fresh for c in clients)}
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+
+
+async def _hold_raw(options: ChannelOptions, count: int, command: Any) -> dict[str, Any]:
+    """Raw streams, each on a connection of its own, counting what arrives."""
+    channels = [create_aio_channel(options, own_connection=True) for _ in range(count)]
+    counts = [0] * count
+    opened = [asyncio.Event() for _ in range(count)]
 
     async def read(index: int, channel: grpc.aio.Channel) -> None:
         stub: Any = authorize_pb2_grpc.AuthorizeStub(channel)
@@ -265,7 +268,7 @@ async def _hold(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), FRESH_TIMEOUT)
         began, before = time.monotonic(), sum(counts)
         print("ready", flush=True)
-        await stop
+        await command()
         seconds = time.monotonic() - began
         return {"messages_per_s": (sum(counts) - before) / seconds}
     finally:
@@ -275,10 +278,24 @@ async def _hold(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(c.close() for c in channels))
 
 
+async def _hold(args: argparse.Namespace) -> None:
+    options = ChannelOptions(target=args.target)
+    loop = asyncio.get_running_loop()
+
+    async def command() -> str:
+        line: str = await loop.run_in_executor(None, sys.stdin.readline)
+        return line.strip()
+
+    hold = _hold_caching if args.kind == "caching" else _hold_raw
+    while await command() == "open":
+        print(json.dumps(await hold(options, args.clients, command)), flush=True)
+
+
 def hold_worker(args: argparse.Namespace) -> int:
-    """Opens ``--clients`` watchers, prints ``ready`` once every one has heard
-    the server, holds them until stdin closes, then prints one JSON line."""
-    print(json.dumps(asyncio.run(_hold(args))), flush=True)
+    """On each ``open`` line: opens ``--clients`` watchers, prints ``ready``
+    once every one has heard the server, holds them until the next line, then
+    closes them and prints one JSON line. Ends at the end of its input."""
+    asyncio.run(_hold(args))
     return 0
 
 
@@ -494,102 +511,154 @@ def _rate(spread: Spread) -> str:
     return f"{spread.median / 1e6:.2f}M ({low / 1e6:.2f}-{high / 1e6:.2f}M)"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` (all its threads) so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process ``pid`` (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime and stime are the 14th and 15th fields; the split starts at the 3rd.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
-@contextlib.contextmanager
-def watchers(server: BenchServer, kind: str, holders: int) -> Iterator[list[dict[str, Any]]]:
-    """``IDLE_WATCHERS`` open watchers of ``kind`` on ``server`` (none for
-    ``none``) while inside; afterwards the list holds each holder's report."""
-    reports: list[dict[str, Any]] = []
-    if kind == "none":
-        yield reports
-        return
-    split = (
-        [IDLE_WATCHERS // holders + (i < IDLE_WATCHERS % holders) for i in range(holders)]
-        if kind == "caching"
-        else [IDLE_WATCHERS]
-    )
-    processes = [
-        _worker(
-            "hold-worker",
-            "--target",
-            server.target,
-            "--clients",
-            str(clients),
-            "--kind",
-            kind,
-            stdin=subprocess.PIPE,
-        )
-        for clients in split
-    ]
-    try:
-        for process in processes:
-            assert process.stdout is not None
-            if process.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"a {kind} watcher process did not get ready")
-        yield reports
-        for process in processes:
-            reports.extend(_json_lines(process, timeout=60))
-    finally:
-        for process in processes:
-            if process.poll() is None:
+class Holders:
+    """Processes on the load CPU that open ``IDLE_WATCHERS`` watchers of one
+    kind on ``server`` when told, and close them again. The processes are
+    started once, so that their start-up is not repeated every run."""
+
+    def __init__(self, server: BenchServer, kind: str, processes: int) -> None:
+        self.kind = kind
+        split = [
+            IDLE_WATCHERS // processes + (i < IDLE_WATCHERS % processes) for i in range(processes)
+        ]
+        self._processes = [
+            _worker(
+                "hold-worker",
+                "--target",
+                server.target,
+                "--clients",
+                str(clients),
+                "--kind",
+                kind,
+                stdin=subprocess.PIPE,
+            )
+            for clients in split
+        ]
+
+    def open(self) -> None:
+        """Opens every watcher; returns once each has heard the server."""
+        self._tell("open")
+        for line in self._answers():
+            if line != "ready":
+                raise RuntimeError(f"a {self.kind} watcher process did not get ready: {line!r}")
+
+    def close(self) -> list[dict[str, Any]]:
+        """Closes every watcher; what each process reports of its watchers."""
+        self._tell("close")
+        return [json.loads(line) for line in self._answers()]
+
+    def stop(self) -> None:
+        for process in self._processes:
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+        for process in self._processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
 
+    def _tell(self, command: str) -> None:
+        for process in self._processes:
+            assert process.stdin is not None
+            process.stdin.write(command + "\n")
+            process.stdin.flush()
 
-def idle_watchers(report: Report, *, runs: int, window: float, holders: int) -> None:
+    def _answers(self) -> list[str]:
+        answers = []
+        for process in self._processes:
+            assert process.stdout is not None
+            answers.append(process.stdout.readline().strip())
+        return answers
+
+
+@contextlib.contextmanager
+def holding(server: BenchServer, kind: str, processes: int) -> Iterator[Holders]:
+    """:class:`Holders` of ``kind``, stopped on leaving."""
+    held = Holders(server, kind, processes)
+    try:
+        yield held
+    finally:
+        held.stop()
+
+
+def idle_watchers(
+    report: Report, *, runs: int, window: float, holders: int, server_args: Sequence[str] = ()
+) -> None:
     """Section 2: the server's CPU over a window with no watcher, 100 idle
-    caching clients and 100 raw streams, alternating within each run."""
+    caching clients and 100 raw streams, alternating within each run;
+    ``server_args`` are further ``apikeys-server`` options."""
     from bench.suite import started
 
     report.section(
         f"server CPU with {IDLE_WATCHERS} idle watchers ({window:g} s windows, "
         "/proc/<pid>/stat utime+stime, fraction of one core)"
+        + (f"; server {' '.join(server_args)}" if server_args else "")
     )
     usage: dict[str, list[float]] = {kind: [] for kind in IDLE_KINDS}
+    system: dict[str, list[float]] = {kind: [] for kind in IDLE_KINDS}
     rates: list[float] = []
     order = list(IDLE_KINDS)
-    with started("idle", variant="real") as server:
+    with (
+        started("idle", variant="real", server_args=server_args) as server,
+        holding(server, "caching", holders) as caching,
+        holding(server, "raw", 1) as raw,
+    ):
         pid = server.process.pid
+        kinds = {"caching": caching, "raw": raw}
         for _ in range(runs):
             for kind in order:
-                with watchers(server, kind, holders) as held:
-                    time.sleep(SETTLE_S)
-                    began, cpu = time.monotonic(), cpu_seconds(pid)
-                    time.sleep(window)
-                    usage[kind].append((cpu_seconds(pid) - cpu) / (time.monotonic() - began))
-                rates.extend(h["messages_per_s"] for h in held if "messages_per_s" in h)
-                if kind == "caching" and sum(h["fresh_at_end"] for h in held) != IDLE_WATCHERS:
-                    raise RuntimeError("an idle caching client went stale during the window")
+                if kind in kinds:
+                    kinds[kind].open()
+                time.sleep(SETTLE_S)
+                began, (user, sys_) = time.monotonic(), cpu_seconds(pid)
+                time.sleep(window)
+                user_after, sys_after = cpu_seconds(pid)
+                seconds = time.monotonic() - began
+                usage[kind].append((user_after - user + sys_after - sys_) / seconds)
+                system[kind].append((sys_after - sys_) / seconds)
+                if kind in kinds:
+                    held = kinds[kind].close()
+                    rates.extend(h["messages_per_s"] for h in held if "messages_per_s" in h)
+                    if kind == "caching" and sum(h["fresh_at_end"] for h in held) != IDLE_WATCHERS:
+                        raise RuntimeError("an idle caching client went stale during the window")
                 time.sleep(SETTLE_S)
             order.reverse()
-    _idle_rows(report, usage, rates, holders)
+    _idle_rows(report, usage, system, rates, holders)
 
 
 def _idle_rows(
-    report: Report, usage: dict[str, list[float]], rates: Sequence[float], holders: int
+    report: Report,
+    usage: dict[str, list[float]],
+    system: dict[str, list[float]],
+    rates: Sequence[float],
+    holders: int,
 ) -> None:
-    extra = {
-        kind: Spread(values=tuple(u - n for u, n in zip(usage[kind], usage["none"], strict=True)))
-        for kind in ("caching", "raw")
-    }
-    report.row("", "server CPU, % of a core", "extra over no watcher")
-    report.row("no watcher", _percent(usage["none"]), "")
-    report.row(
-        f"{IDLE_WATCHERS} caching clients ({holders} processes)",
-        _percent(usage["caching"]),
-        _percent(list(extra["caching"].values)),
-    )
-    report.row(
-        f"{IDLE_WATCHERS} raw streams (own connections)",
-        _percent(usage["raw"]),
-        _percent(list(extra["raw"].values)),
-    )
+    def over_none(figures: dict[str, list[float]], kind: str) -> Spread:
+        values = zip(figures[kind], figures["none"], strict=True)
+        return Spread(values=tuple(with_ - without for with_, without in values))
+
+    extra = {kind: over_none(usage, kind) for kind in ("caching", "raw")}
+    report.row("", "server CPU, % of a core", "extra over no watcher", "of which system")
+    report.row("no watcher", _percent(usage["none"]), "", "")
+    for kind, label in (
+        ("caching", f"{IDLE_WATCHERS} caching clients ({holders} processes)"),
+        ("raw", f"{IDLE_WATCHERS} raw streams (own connections)"),
+    ):
+        report.row(
+            label,
+            _percent(usage[kind]),
+            _percent(list(extra[kind].values)),
+            _percent(list(over_none(system, kind).values)),
+        )
     if rates:
         rate = statistics.median(rates)
         per_message = extra["raw"].median / rate * 1e6 if rate else float("nan")
@@ -598,8 +667,9 @@ def _idle_rows(
             f"extra server CPU per message: {per_message:,.1f} us"
         )
     report.note(
-        f"caching clients: {holders} processes, each a {IDLE_WATCHERS // holders} "
-        "AsyncCachingAuthorizeClient sharing one connection"
+        f"caching clients: AsyncCachingAuthorizeClient, {IDLE_WATCHERS // holders} in each of "
+        f"{holders} processes (the clients of one process share its connection); raw streams: "
+        f"{IDLE_WATCHERS} WatchChanges calls in one process, each on a connection of its own"
     )
     report.target(
         f"server CPU for {IDLE_WATCHERS} idle caching clients <= {TARGET_IDLE_CORE:.0%} "
@@ -612,6 +682,71 @@ def _idle_rows(
 
 def _percent(values: Sequence[float]) -> str:
     return f"{statistics.median(values):.2%} ({min(values) * 100:.2f}-{max(values) * 100:.2f})"
+
+
+def idle_profile(window: float, server_args: Sequence[str] = ()) -> None:
+    """Where the server's time for idle watchers goes: cProfile of the server
+    (``bench.serve --profile``) over ``window`` seconds with no watcher and
+    with 100 raw streams on connections of their own, the functions whose own
+    time grew the most, and the calls per heartbeat message."""
+    from bench.suite import started
+
+    profiles: dict[str, pstats.Stats] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-idle-profile-") as scratch:
+        for kind in ("none", "raw"):
+            output = Path(scratch) / f"{kind}.prof"
+            with (
+                started("profiled", variant="real", profile=output, server_args=server_args) as s,
+                holding(s, "raw", 1) as raw,
+            ):
+                if kind == "raw":
+                    raw.open()
+                time.sleep(SETTLE_S)
+                began, (user, sys_) = time.monotonic(), cpu_seconds(s.process.pid)
+                time.sleep(window)
+                user_after, sys_after = cpu_seconds(s.process.pid)
+                seconds = time.monotonic() - began
+                messages = raw.close()[0]["messages_per_s"] * seconds if kind == "raw" else 0
+            print(
+                f"{kind}: {(user_after - user + sys_after - sys_) / seconds:.2%} of a core "
+                f"(system {(sys_after - sys_) / seconds:.2%}) under the profiler, "
+                f"{messages:,.0f} messages in {seconds:.1f} s"
+            )
+            profiles[kind] = pstats.Stats(str(output), stream=io.StringIO())
+            if kind == "raw":
+                sent = messages
+    # The profiles also hold start-up and shutdown, alike in both; the
+    # difference is what the watchers cost.
+    own: dict[str, dict[Any, tuple[int, float]]] = {
+        kind: {
+            where: (calls, tottime)
+            for where, (_, calls, tottime, _, _) in stats.stats.items()  # type: ignore[attr-defined]
+        }
+        for kind, stats in profiles.items()
+    }
+    grown = sorted(
+        own["raw"],
+        key=lambda where: own["raw"][where][1] - own["none"].get(where, (0, 0.0))[1],
+        reverse=True,
+    )
+    print(f"own time and calls with 100 raw streams minus without; per message of {sent:,.0f}")
+    print(f"{'own s':>8} {'us/msg':>7} {'calls':>9} {'per msg':>7}  function")
+    for where in grown[:PROFILE_TOP]:
+        calls = own["raw"][where][0] - own["none"].get(where, (0, 0.0))[0]
+        seconds = own["raw"][where][1] - own["none"].get(where, (0, 0.0))[1]
+        print(
+            f"{seconds:8.3f} {seconds / sent * 1e6:7.1f} {calls:9d} {calls / sent:7.2f}  "
+            f"{_function(where)}"
+        )
+
+
+def _function(where: tuple[str, int, str]) -> str:
+    file, line, name = where
+    if file == "~":
+        return name
+    for marker in ("site-packages/", "/bench/", "lib/python3.11/"):
+        file = file.split(marker, 1)[-1]
+    return f"{file}:{line}({name})"
 
 
 @contextlib.contextmanager
@@ -761,6 +896,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_HOLDERS,
         help="processes the idle caching clients are spread over",
     )
+    parser.add_argument(
+        "--watch-heartbeat",
+        help="the idle server's --watch-heartbeat (its default unless given)",
+    )
     parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS)
     parser.add_argument("--change", choices=("delete", "scopes", "both"), default="both")
     parser.add_argument(
@@ -769,15 +908,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="libpq URL of a PostgreSQL user allowed to create databases",
     )
     parser.add_argument(
-        "--only", choices=("decisions", "idle", "revocation"), action="append", default=[]
+        "--only",
+        choices=("decisions", "idle", "revocation", "idle-profile"),
+        action="append",
+        default=[],
+        help="the sections to run (repeatable); idle-profile runs only when named",
     )
     args = parser.parse_args(argv)
     only = set(args.only) or {"decisions", "idle", "revocation"}
+    idle_args = [] if args.watch_heartbeat is None else ["--watch-heartbeat", args.watch_heartbeat]
+    if "idle-profile" in only:
+        idle_profile(args.window, idle_args)
+        only.discard("idle-profile")
+        if not only:
+            return 0
     report = Report()
     if "decisions" in only:
         decisions(report, runs=args.runs, duration=args.duration)
     if "idle" in only:
-        idle_watchers(report, runs=args.runs, window=args.window, holders=args.holders)
+        idle_watchers(
+            report, runs=args.runs, window=args.window, holders=args.holders, server_args=idle_args
+        )
     if "revocation" in only:
         revocation(report, trials=args.trials, postgres=args.postgres, change=args.change)
     report.section("targets")
