@@ -54,6 +54,9 @@ DEFAULT_DURATION: Final = 3.0
 DEFAULT_DISTINCT_UNKNOWN: Final = 2000
 DEFAULT_MEMORY_KEYS: Final = 100_000
 DEFAULT_ATTACK_CALLS: Final = 200
+DEFAULT_IDLE_WINDOW: Final = 10.0
+DEFAULT_IDLE_HOLDERS: Final = 100
+DEFAULT_REVOCATION_TRIALS: Final = 100
 # --quick: one short run of everything, enough to see every section print.
 QUICK_SIZES: Final = {
     "runs": 1,
@@ -62,6 +65,9 @@ QUICK_SIZES: Final = {
     "distinct_unknown": 200,
     "memory_keys": 10_000,
     "attack_calls": 40,
+    "idle_window": 2.0,
+    "idle_holders": 10,
+    "revocation_trials": 10,
 }
 
 
@@ -75,8 +81,12 @@ class SuiteOptions:
     distinct_unknown: int = DEFAULT_DISTINCT_UNKNOWN
     memory_keys: int = DEFAULT_MEMORY_KEYS
     attack_calls: int = DEFAULT_ATTACK_CALLS
+    idle_window: float = DEFAULT_IDLE_WINDOW
+    idle_holders: int = DEFAULT_IDLE_HOLDERS
+    revocation_trials: int = DEFAULT_REVOCATION_TRIALS
     profile: bool = True
     only_metrics: bool = False
+    only_caching: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -793,19 +803,44 @@ def attacked(report: Report, options: SuiteOptions) -> None:
     under_attack(report, calls=options.attack_calls)
 
 
+def caching(report: Report, options: SuiteOptions) -> None:
+    """The caching clients: decisions/s and latency against the plain ones,
+    the server's CPU for idle watchers, revocation through another replica
+    (see ``bench.caching``)."""
+    # Imported here: bench.caching builds on this module's servers and report.
+    from bench import caching as cached
+
+    cached.decisions(report, runs=options.runs, duration=options.duration)
+    cached.idle_watchers(
+        report, runs=options.runs, window=options.idle_window, holders=options.idle_holders
+    )
+    cached.revocation(
+        report,
+        trials=options.revocation_trials,
+        postgres=os.environ.get("APIKEYS_TEST_POSTGRES", cached.DEFAULT_POSTGRES),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the suite; prints the table and the list of targets."""
     options = parse_options(argv)
     began = time.monotonic()
     report = Report()
     header(report)
-    if options.only_metrics:
-        metrics_cost(report, options)
+    if options.only_metrics or options.only_caching:
+        if options.only_metrics:
+            metrics_cost(report, options)
+        if options.only_caching:
+            caching(report, options)
+        report.section("targets")
+        for verdict in report.verdicts:
+            report.note(verdict)
         return 0
     headline = saturation(report, options)
     metrics_cost(report, options)
     variants(report, options, headline)
     attacked(report, options)
+    caching(report, options)
     memory(report, options)
     hotpath(report)
     if options.profile:
@@ -840,11 +875,34 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
         default=DEFAULT_ATTACK_CALLS,
         help="legitimate checks measured during each attack",
     )
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        default=DEFAULT_IDLE_WINDOW,
+        help="seconds of server CPU measured per idle-watchers run",
+    )
+    parser.add_argument(
+        "--idle-holders",
+        type=int,
+        default=DEFAULT_IDLE_HOLDERS,
+        help="processes the 100 idle caching clients are spread over (100: one each)",
+    )
+    parser.add_argument(
+        "--revocation-trials",
+        type=int,
+        default=DEFAULT_REVOCATION_TRIALS,
+        help="changes timed to a caching client on another replica (PostgreSQL)",
+    )
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument(
         "--only-metrics",
         action="store_true",
         help="run the metrics on/off section alone",
+    )
+    parser.add_argument(
+        "--only-caching",
+        action="store_true",
+        help="run the caching-client sections alone (with --only-metrics: both)",
     )
     parser.add_argument(
         "--quick",
@@ -865,6 +923,10 @@ def parse_options(argv: Sequence[str] | None = None) -> SuiteOptions:
         distinct_unknown=args.distinct_unknown,
         memory_keys=args.memory_keys,
         attack_calls=args.attack_calls,
+        idle_window=args.idle_window,
+        idle_holders=args.idle_holders,
+        revocation_trials=args.revocation_trials,
         profile=not args.skip_profile,
         only_metrics=args.only_metrics,
+        only_caching=args.only_caching,
     )
