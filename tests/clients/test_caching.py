@@ -67,6 +67,9 @@ class InThread:
     async def check(self, key: str, method: str, path: str, **options: Any) -> Decision:
         return await asyncio.to_thread(self.client.check, key, method, path, **options)
 
+    async def check_many(self, items: Any, **options: Any) -> list[Decision]:
+        return await asyncio.to_thread(self.client.check_many, items, **options)
+
     async def wait_fresh(self, seconds: float) -> bool:
         return await asyncio.to_thread(self.client.wait_fresh, seconds)
 
@@ -128,6 +131,31 @@ async def test_a_repeated_check_is_answered_from_memory(
     for _ in range(2):
         assert (await client.check(f"Bearer {secret}", *USERS)).allowed
     assert (client.hits, client.misses) == (7, 3)
+
+
+async def test_check_many_answers_what_it_can_from_memory_and_batches_the_rest(
+    harness: Harness, admin: AsyncKeyAdminClient, open_client: Opener
+) -> None:
+    _, secret = await admin.create_key("crm", "", ["users.read"])
+    client = await open_client(harness.target)
+    unknown = well_formed_key()
+    items = [
+        (secret, *USERS),
+        ("vsk_short", *USERS),
+        (unknown, *USERS),
+        (secret, "GET", "/api/v4/campaigns"),
+    ] * 60
+    expected = [Reason.ALLOWED, Reason.KEY_MALFORMED, Reason.KEY_NOT_FOUND, Reason.SCOPE_MISSING]
+    first = await client.check_many(items)
+    assert [decision.reason for decision in first] == expected * 60
+    # The malformed keys were never sent; everything else was, in batches.
+    assert (client.hits, client.misses) == (0, 180)
+    again = await client.check_many(items)
+    assert again == first
+    # The found key's answers come from memory now; the unknown key is asked again.
+    assert (client.hits, client.misses) == (120, 240)
+    assert (await client.check(secret, *USERS)).allowed
+    assert client.hits == 121
 
 
 async def test_a_malformed_key_never_leaves_the_process(open_client: Opener) -> None:
