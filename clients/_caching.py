@@ -223,9 +223,9 @@ class DecisionMemory:
 def _recall(
     memory: DecisionMemory, items: Sequence[CheckItem]
 ) -> tuple[list[Decision | None], list[int], int]:
-    """What of a batch memory and the format check answer: the decisions
-    (``None`` where the server must be asked), the positions to ask, and how
-    many came from memory."""
+    """Answers a batch from memory and the format check where they can: the
+    decisions (``None`` where the server must be asked), the positions to
+    ask, and how many came from memory."""
     decisions: list[Decision | None] = []
     asked: list[int] = []
     hits = 0
@@ -276,10 +276,9 @@ class CachingAuthorizeClient:
     A drop-in for :class:`~clients.AuthorizeClient` (``check`` and
     ``check_many``); see the module docstring for when an answer is reused.
     A daemon thread keeps the ``WatchChanges`` stream open on the client's
-    channel. ``hits`` and
-    ``misses`` count answers from memory and from the server (a malformed
-    key, answered locally, is neither); they are counted without a lock, so
-    with many threads they may undercount slightly.
+    channel. ``hits`` and ``misses`` count answers from memory and from the
+    server (a malformed key, answered locally, is neither); they are counted
+    without a lock, so with many threads they may undercount slightly.
     """
 
     def __init__(
@@ -429,15 +428,14 @@ class AsyncCachingAuthorizeClient:
         staleness: float = DEFAULT_STALENESS,
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
+        loop = asyncio.get_running_loop()  # before the channel: outside a loop, open nothing
         self._memory = DecisionMemory(staleness=staleness, max_entries=max_entries)
         self._entries = self._memory.entries
         self._authorize = AsyncAuthorizeClient(options)
         self._hits = 0
         self._misses = 0
         self._closed = False
-        self._follower = asyncio.get_running_loop().create_task(
-            self._follow(), name="apikeys-watch-changes"
-        )
+        self._follower = loop.create_task(self._follow(), name="apikeys-watch-changes")
 
     @property
     def hits(self) -> int:

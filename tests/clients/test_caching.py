@@ -402,3 +402,8 @@ async def test_loadtest_with_cache_reports_answers_from_memory(
         key_admin_pb2.ListKeysRequest(), metadata=harness.auth(token)
     )
     assert listed.total_size == 0
+
+
+def test_the_async_client_refuses_to_start_outside_an_event_loop() -> None:
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        AsyncCachingAuthorizeClient(ChannelOptions(target="127.0.0.1:1"))
