@@ -180,14 +180,17 @@ class Watchers:
 
     def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
         """Sends what one read of the feed applied, with the mark it reached."""
-        seen: set[tuple[str | None, ChangeKind, int]] = set()
-        applied = []
+        # A mutation writes one entry per lookup hash of its key; the
+        # highest sequence of each key and kind drops everything the others
+        # would.
+        latest: dict[tuple[str, ChangeKind], int] = {}
         for change in changes:
-            # A mutation writes one entry per lookup hash of its key.
-            name = (change.key_id, change.kind, change.sequence)
-            if change.key_id is not None and name not in seen:
-                seen.add(name)
-                applied.append(AppliedChange(change.key_id, change.kind, change.sequence))
+            if change.key_id is not None:
+                name = (change.key_id, change.kind)
+                latest[name] = max(latest.get(name, change.sequence), change.sequence)
+        applied = [
+            AppliedChange(key_id, kind, sequence) for (key_id, kind), sequence in latest.items()
+        ]
         for start in range(0, len(applied), MAX_CHANGES_PER_EVENT):
             chunk = tuple(applied[start : start + MAX_CHANGES_PER_EVENT])
             self._broadcast(WatchEvent(CHANGES, mark.sequence, chunk))
