@@ -244,7 +244,7 @@ class RecordingWatchers:
     def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
         self.heard.append(("changes", mark.sequence, [c.key_id or "" for c in changes]))
 
-    def reset(self, mark: Mark) -> None:
+    def reset(self, mark: Mark, changes: Sequence[KeyChange]) -> None:
         self.heard.append(("reset", mark.sequence, []))
 
 

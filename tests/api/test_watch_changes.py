@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import h2.settings
 import pytest
+from sqlalchemy.engine import make_url
 
 from bench import attacks
 from tests.api.rpc import rpc_error
@@ -223,3 +225,32 @@ async def test_a_server_that_cannot_read_the_feed_falls_silent_and_speaks_again(
         )
         stream.cancel()
         listening.cancel()
+
+
+@pytest.mark.postgres
+async def test_a_watcher_opening_while_the_mark_is_held_back_still_hears_of_changes_above_it(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    args = ["--database-url", postgres_url, *SHARED_SECRETS]
+    async with running_server(tmp_path / "var", args=args) as h:
+        key_id, _ = await new_key(h)
+        await h.server.sync_changes()
+        # A transaction that holds an id keeps the horizon, so the mark, at it.
+        holder = await asyncpg.connect(
+            make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+        )
+        try:
+            async with holder.transaction():
+                await holder.fetchval("SELECT pg_current_xact_id()")
+                await h.admin.DisableKey(pb.DisableKeyRequest(id=key_id), metadata=h.auth())
+                await h.server.sync_changes()
+
+                stream = h.authorize.WatchChanges(az.WatchChangesRequest())
+                reset = await next_event(stream, "reset")
+                replayed = await next_event(stream, "changes", within=1)
+                [change] = replayed.changes.changes
+                assert (change.key_id, change.kind) == (key_id, az.CHANGE_KIND_DISABLED)
+                assert change.sequence > reset.mark
+                stream.cancel()
+        finally:
+            await holder.close()
