@@ -112,10 +112,10 @@ def key_from_authorization(value: str) -> str:
 
 
 def _check_request(
-    key: str, method: str, path: str, client_ip: str = ""
+    key: str, method: str, path: str, client_ip: str | None = None
 ) -> authorize_pb2.CheckRequest:
     return authorize_pb2.CheckRequest(
-        key=key_from_authorization(key), method=method, path=path, client_ip=client_ip
+        key=key_from_authorization(key), method=method, path=path, client_ip=client_ip or ""
     )
 
 
@@ -163,7 +163,7 @@ class AuthorizeClient(ChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,
     ) -> Decision:
         """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method``
@@ -179,7 +179,7 @@ class AuthorizeClient(ChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,
     ) -> authorize_pb2.CheckResponse:
         """The server's whole answer to :meth:`check`, with the ``revision``
@@ -245,7 +245,7 @@ class AsyncAuthorizeClient(AsyncChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
         """The awaitable form of :meth:`AuthorizeClient.check`."""
@@ -259,7 +259,7 @@ class AsyncAuthorizeClient(AsyncChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> authorize_pb2.CheckResponse:
         """The awaitable form of :meth:`AuthorizeClient.check_response`."""

@@ -333,11 +333,11 @@ class CachingAuthorizeClient:
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,
     ) -> Decision:
         """As :meth:`AuthorizeClient.check`, from memory when the rules allow."""
-        cache_key = (key_or_header, method, path, client_ip)
+        cache_key = (key_or_header, method, path, client_ip or "")
         entry = self._entries.get(cache_key)
         if entry is not None:
             now = monotonic()
@@ -472,11 +472,11 @@ class AsyncCachingAuthorizeClient:
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
         """As :meth:`AsyncAuthorizeClient.check`, from memory when the rules allow."""
-        cache_key = (key_or_header, method, path, client_ip)
+        cache_key = (key_or_header, method, path, client_ip or "")
         entry = self._entries.get(cache_key)
         if entry is not None:
             now = monotonic()
