@@ -22,6 +22,7 @@ __all__ = [
     "MAX_CHECKS_PER_BATCH",
     "AsyncAuthorizeClient",
     "AuthorizeClient",
+    "CheckItem",
     "Decision",
     "Reason",
     "key_from_authorization",
@@ -111,10 +112,10 @@ def key_from_authorization(value: str) -> str:
 
 
 def _check_request(
-    key: str, method: str, path: str, client_ip: str = ""
+    key: str, method: str, path: str, client_ip: str | None = None
 ) -> authorize_pb2.CheckRequest:
     return authorize_pb2.CheckRequest(
-        key=key_from_authorization(key), method=method, path=path, client_ip=client_ip
+        key=key_from_authorization(key), method=method, path=path, client_ip=client_ip or ""
     )
 
 
@@ -127,16 +128,22 @@ def _batches(items: Sequence[CheckItem]) -> list[authorize_pb2.CheckBatchRequest
     ]
 
 
-def _batch_decisions(
+def _batch_results(
     request: authorize_pb2.CheckBatchRequest, response: authorize_pb2.CheckBatchResponse
-) -> list[Decision]:
+) -> Sequence[authorize_pb2.CheckResponse]:
     if len(response.results) != len(request.checks):
         # Results pair with checks by position; a short answer cannot be paired safely.
         raise InternalError(
             grpc.StatusCode.INTERNAL,
             f"CheckBatch answered {len(response.results)} results for {len(request.checks)} checks",
         )
-    return [Decision.from_proto(result) for result in response.results]
+    return response.results
+
+
+def _batch_decisions(
+    request: authorize_pb2.CheckBatchRequest, response: authorize_pb2.CheckBatchResponse
+) -> list[Decision]:
+    return [Decision.from_proto(result) for result in _batch_results(request, response)]
 
 
 class AuthorizeClient(ChannelClient):
@@ -156,7 +163,7 @@ class AuthorizeClient(ChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,
     ) -> Decision:
         """Whether ``key`` (a raw key or ``"Bearer <key>"``) may call ``method``
@@ -172,7 +179,7 @@ class AuthorizeClient(ChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,
     ) -> authorize_pb2.CheckResponse:
         """The server's whole answer to :meth:`check`, with the ``revision``
@@ -196,9 +203,18 @@ class AuthorizeClient(ChannelClient):
         ``timeout`` applies to each batch.
         """
         return [
-            decision
+            Decision.from_proto(response)
+            for response in self.check_many_responses(items, timeout=timeout)
+        ]
+
+    def check_many_responses(
+        self, items: Sequence[CheckItem], *, timeout: float | None = None
+    ) -> list[authorize_pb2.CheckResponse]:
+        """The server's whole answers to :meth:`check_many`, as :meth:`check_response`."""
+        return [
+            response
             for request in _batches(items)
-            for decision in _batch_decisions(
+            for response in _batch_results(
                 request, self._call(self._stub.CheckBatch, request, timeout)
             )
         ]
@@ -229,7 +245,7 @@ class AsyncAuthorizeClient(AsyncChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
         """The awaitable form of :meth:`AuthorizeClient.check`."""
@@ -243,7 +259,7 @@ class AsyncAuthorizeClient(AsyncChannelClient):
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> authorize_pb2.CheckResponse:
         """The awaitable form of :meth:`AuthorizeClient.check_response`."""
@@ -268,11 +284,23 @@ class AsyncAuthorizeClient(AsyncChannelClient):
 
         ``timeout`` applies to each batch.
         """
-        decisions: list[Decision] = []
+        return [
+            Decision.from_proto(response)
+            for response in await self.check_many_responses(items, timeout=timeout)
+        ]
+
+    async def check_many_responses(
+        self,
+        items: Sequence[CheckItem],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[authorize_pb2.CheckResponse]:
+        """The awaitable form of :meth:`AuthorizeClient.check_many_responses`."""
+        responses: list[authorize_pb2.CheckResponse] = []
         for request in _batches(items):
             response = await self._call(self._stub.CheckBatch, request, timeout)
-            decisions.extend(_batch_decisions(request, response))
-        return decisions
+            responses.extend(_batch_results(request, response))
+        return responses
 
     def _call(
         self,

@@ -34,7 +34,7 @@ import asyncio
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import monotonic
 from types import TracebackType
 from typing import Final, Self
@@ -44,6 +44,7 @@ import grpc
 from clients._authorize import (
     AsyncAuthorizeClient,
     AuthorizeClient,
+    CheckItem,
     Decision,
     Reason,
     key_from_authorization,
@@ -219,15 +220,65 @@ class DecisionMemory:
             del self._revisions[key_id]
 
 
+def _recall(
+    memory: DecisionMemory, items: Sequence[CheckItem]
+) -> tuple[list[Decision | None], list[int], int]:
+    """Answers a batch from memory and the format check where they can: the
+    decisions (``None`` where the server must be asked), the positions to
+    ask, and how many came from memory."""
+    decisions: list[Decision | None] = []
+    asked: list[int] = []
+    hits = 0
+    entries = memory.entries
+    now = monotonic()
+    fresh = now < memory.fresh_until
+    for position, (key_or_header, method, path) in enumerate(items):
+        entry = entries.get((key_or_header, method, path, ""))
+        if fresh and entry is not None and now < entry[0]:
+            decisions.append(entry[1])
+            hits += 1
+        elif not is_well_formed(key_from_authorization(key_or_header)):
+            decisions.append(_MALFORMED)
+        else:
+            decisions.append(None)
+            asked.append(position)
+    return decisions, asked, hits
+
+
+def _settle(
+    memory: DecisionMemory,
+    items: Sequence[CheckItem],
+    decisions: list[Decision | None],
+    asked: list[int],
+    responses: Sequence[authorize_pb2.CheckResponse],
+    *,
+    epoch: int,
+    sent_at: float,
+) -> None:
+    """Fills in the server's answers at the asked positions, keeping what the rules allow."""
+    for position, response in zip(asked, responses, strict=True):
+        key_or_header, method, path = items[position]
+        decision = Decision.from_proto(response)
+        memory.store(
+            (key_or_header, method, path, ""), response, decision, epoch=epoch, sent_at=sent_at
+        )
+        decisions[position] = decision
+
+
+def _answered(decisions: list[Decision | None]) -> list[Decision]:
+    """The decisions of a batch once every position has one."""
+    return [decision for decision in decisions if decision is not None]
+
+
 class CachingAuthorizeClient:
     """A blocking ``Authorize`` client that answers repeated checks from memory.
 
-    A drop-in for :class:`~clients.AuthorizeClient`'s ``check``; see the
-    module docstring for when an answer is reused. A daemon thread keeps the
-    ``WatchChanges`` stream open on the client's channel. ``hits`` and
-    ``misses`` count answers from memory and from the server (a malformed
-    key, answered locally, is neither); they are counted without a lock, so
-    with many threads they may undercount slightly.
+    A drop-in for :class:`~clients.AuthorizeClient` (``check`` and
+    ``check_many``); see the module docstring for when an answer is reused.
+    A daemon thread keeps the ``WatchChanges`` stream open on the client's
+    channel. ``hits`` and ``misses`` count answers from memory and from the
+    server (a malformed key, answered locally, is neither); they are counted
+    without a lock, so with many threads they may undercount slightly.
     """
 
     def __init__(
@@ -282,11 +333,11 @@ class CachingAuthorizeClient:
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,
     ) -> Decision:
         """As :meth:`AuthorizeClient.check`, from memory when the rules allow."""
-        cache_key = (key_or_header, method, path, client_ip)
+        cache_key = (key_or_header, method, path, client_ip or "")
         entry = self._entries.get(cache_key)
         if entry is not None:
             now = monotonic()
@@ -306,6 +357,25 @@ class CachingAuthorizeClient:
         decision = Decision.from_proto(response)
         memory.store(cache_key, response, decision, epoch=epoch, sent_at=sent_at)
         return decision
+
+    def check_many(
+        self, items: Sequence[CheckItem], *, timeout: float | None = None
+    ) -> list[Decision]:
+        """As :meth:`AuthorizeClient.check_many`: from memory where the rules
+        allow, malformed keys locally, the rest in batches of 100 (``timeout``
+        applies to each batch)."""
+        memory = self._memory
+        decisions, asked, hits = _recall(memory, items)
+        self._hits += hits
+        if asked:
+            epoch = memory.epoch
+            sent_at = monotonic()
+            responses = self._authorize.check_many_responses(
+                [items[position] for position in asked], timeout=timeout
+            )
+            self._misses += len(asked)
+            _settle(memory, items, decisions, asked, responses, epoch=epoch, sent_at=sent_at)
+        return _answered(decisions)
 
     def close(self) -> None:
         """Stops the stream and closes the channel; calls in flight are cancelled.
@@ -358,15 +428,14 @@ class AsyncCachingAuthorizeClient:
         staleness: float = DEFAULT_STALENESS,
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
+        loop = asyncio.get_running_loop()  # before the channel: outside a loop, open nothing
         self._memory = DecisionMemory(staleness=staleness, max_entries=max_entries)
         self._entries = self._memory.entries
         self._authorize = AsyncAuthorizeClient(options)
         self._hits = 0
         self._misses = 0
         self._closed = False
-        self._follower = asyncio.get_running_loop().create_task(
-            self._follow(), name="apikeys-watch-changes"
-        )
+        self._follower = loop.create_task(self._follow(), name="apikeys-watch-changes")
 
     @property
     def hits(self) -> int:
@@ -403,11 +472,11 @@ class AsyncCachingAuthorizeClient:
         method: str,
         path: str,
         *,
-        client_ip: str = "",
+        client_ip: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
         """As :meth:`AsyncAuthorizeClient.check`, from memory when the rules allow."""
-        cache_key = (key_or_header, method, path, client_ip)
+        cache_key = (key_or_header, method, path, client_ip or "")
         entry = self._entries.get(cache_key)
         if entry is not None:
             now = monotonic()
@@ -428,6 +497,26 @@ class AsyncCachingAuthorizeClient:
         # No await between the answer and this: the stream task cannot run in between.
         memory.store(cache_key, response, decision, epoch=epoch, sent_at=sent_at)
         return decision
+
+    async def check_many(
+        self,
+        items: Sequence[CheckItem],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[Decision]:
+        """The awaitable form of :meth:`CachingAuthorizeClient.check_many`."""
+        memory = self._memory
+        decisions, asked, hits = _recall(memory, items)
+        self._hits += hits
+        if asked:
+            epoch = memory.epoch
+            sent_at = monotonic()
+            responses = await self._authorize.check_many_responses(
+                [items[position] for position in asked], timeout=timeout
+            )
+            self._misses += len(asked)
+            _settle(memory, items, decisions, asked, responses, epoch=epoch, sent_at=sent_at)
+        return _answered(decisions)
 
     async def close(self) -> None:
         """Stops the stream and closes the channel; calls in flight are cancelled.

@@ -72,8 +72,9 @@ class AppliedChanges(Protocol):
         """A complete read of the feed applied ``changes`` and reached ``mark``."""
         ...
 
-    def reset(self, mark: Mark) -> None:
-        """The cache was cleared, or continuity broke; the mark is ``mark``."""
+    def reset(self, mark: Mark, changes: Sequence[KeyChange]) -> None:
+        """The cache was cleared, or continuity broke; the mark is ``mark``
+        and the read that found it applied ``changes``."""
         ...
 
 
@@ -81,7 +82,7 @@ class _NobodyListening:
     def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
         return None
 
-    def reset(self, mark: Mark) -> None:
+    def reset(self, mark: Mark, changes: Sequence[KeyChange]) -> None:
         return None
 
 
@@ -227,7 +228,7 @@ class ChangeFollower:
         if mark > self._mark.sequence:
             self._mark = Mark(mark)
         if reset:
-            self._listener.reset(self._mark)
+            self._listener.reset(self._mark, applied)
         elif applied:
             self._listener.applied(applied, self._mark)
 

@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -147,15 +147,18 @@ class Watchers:
         buffer: int,
         heartbeat: float,
         fresh_within: float,
-        on_count: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._feed = feed
         self._limit = limit
         self._buffer = buffer
         self._heartbeat = heartbeat
         self._fresh_within = fresh_within
-        self._on_count = on_count
         self._open: set[Watch] = set()
+        # The latest change of each key applied with a sequence above the
+        # mark (on PostgreSQL, while an older transaction holds the horizon
+        # back): a watcher that opens now starts at the mark and must still
+        # hear of them. At most one entry per key.
+        self._above_mark: dict[str, AppliedChange] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -166,35 +169,53 @@ class Watchers:
         ``WatchersExhausted`` past the limit."""
         if len(self._open) >= self._limit:
             raise WatchersExhausted(self._limit)
+        mark = self._feed.mark.sequence
         watch = Watch(self, self._buffer)
-        watch.put(WatchEvent(RESET, self._feed.mark.sequence))
+        watch.put(WatchEvent(RESET, mark))
+        if self._above_mark:
+            watch.put(WatchEvent(CHANGES, mark, tuple(self._above_mark.values())))
         self._open.add(watch)
-        self._on_count(len(self._open))
         return watch
 
     def discard(self, watch: Watch) -> None:
         """Forgets a watch (closed or cut off)."""
-        if watch in self._open:
-            self._open.discard(watch)
-            self._on_count(len(self._open))
+        self._open.discard(watch)
 
     def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
         """Sends what one read of the feed applied, with the mark it reached."""
-        seen: set[tuple[str | None, ChangeKind, int]] = set()
-        applied = []
-        for change in changes:
-            # A mutation writes one entry per lookup hash of its key.
-            name = (change.key_id, change.kind, change.sequence)
-            if change.key_id is not None and name not in seen:
-                seen.add(name)
-                applied.append(AppliedChange(change.key_id, change.kind, change.sequence))
+        applied = self._remember(changes, mark)
         for start in range(0, len(applied), MAX_CHANGES_PER_EVENT):
             chunk = tuple(applied[start : start + MAX_CHANGES_PER_EVENT])
             self._broadcast(WatchEvent(CHANGES, mark.sequence, chunk))
 
-    def reset(self, mark: Mark) -> None:
-        """Tells every watcher to drop everything it holds."""
+    def reset(self, mark: Mark, changes: Sequence[KeyChange] = ()) -> None:
+        """Tells every watcher to drop everything it holds; ``changes`` are
+        what the read that reset applied."""
+        self._remember(changes, mark)
         self._broadcast(WatchEvent(RESET, mark.sequence))
+
+    def _remember(self, changes: Sequence[KeyChange], mark: Mark) -> list[AppliedChange]:
+        """The changes as watchers see them, one per key and kind, and
+        those above ``mark`` kept for watchers yet to open."""
+        # A mutation writes one entry per lookup hash of its key; the
+        # highest sequence of each key and kind drops everything the others
+        # would.
+        latest: dict[tuple[str, ChangeKind], int] = {}
+        for change in changes:
+            if change.key_id is not None:
+                name = (change.key_id, change.kind)
+                latest[name] = max(latest.get(name, change.sequence), change.sequence)
+        applied = [
+            AppliedChange(key_id, kind, sequence) for (key_id, kind), sequence in latest.items()
+        ]
+        above = self._above_mark
+        for key_id in [k for k, held in above.items() if held.sequence <= mark.sequence]:
+            del above[key_id]
+        for sent in applied:
+            held = above.get(sent.key_id)
+            if sent.sequence > mark.sequence and (held is None or held.sequence < sent.sequence):
+                above[sent.key_id] = sent
+        return applied
 
     def start(self) -> None:
         """Starts the heartbeats."""

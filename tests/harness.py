@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,3 +119,13 @@ async def running_server(
     finally:
         await channel.close()
         await server.stop(0)
+
+
+async def eventually(condition: Callable[[], bool], within: float, step: float = 0.01) -> None:
+    """Returns once ``condition()`` holds; ``AssertionError`` if it still
+    does not after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition still false after {within:g} s")
+        await asyncio.sleep(step)

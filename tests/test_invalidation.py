@@ -4,11 +4,11 @@ driven step by step: the follower's waits between reads are the test's."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from server.domain.errors import StoreUnavailable
-from server.domain.records import ChangeKind, ChangePage, FeedPosition, KeyChange
+from server.domain.records import ChangeKind, ChangePage, FeedPosition, KeyChange, Mark
 from server.invalidation import PAGE_SIZE, ChangeFollower
 
 
@@ -233,3 +233,75 @@ async def test_an_unreadable_feed_is_retried_once_per_poll_interval() -> None:
         await follower.stop()
 
     assert cache.invalidated == [deleted]
+
+
+class RecordingWatchers:
+    """The follower's listener (``server.watchers.Watchers`` in production)."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, int, list[str]]] = []
+
+    def applied(self, changes: Sequence[KeyChange], mark: Mark) -> None:
+        self.heard.append(("changes", mark.sequence, [c.key_id or "" for c in changes]))
+
+    def reset(self, mark: Mark, changes: Sequence[KeyChange]) -> None:
+        self.heard.append(("reset", mark.sequence, []))
+
+
+async def _told(feed: FakeFeed, cache: RecordingCache) -> tuple[ChangeFollower, RecordingWatchers]:
+    follower = ChangeFollower(feed, cache, poll=1)
+    watchers = RecordingWatchers()
+    follower.tell(watchers)
+    await follower.sync()
+    return follower, watchers
+
+
+async def test_a_read_is_reported_once_complete_with_every_change_and_the_mark_reached() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    feed.commit(1)
+    follower, watchers = await _told(feed, cache)
+    for seq in range(2, PAGE_SIZE + 5):
+        feed.commit(seq, key_id="key-a" if seq % 2 else "key-b")
+    await follower.sync()
+
+    assert watchers.heard[0] == ("reset", 1, [])
+    [(kind, mark, keys)] = watchers.heard[1:]
+    assert (kind, mark, len(keys)) == ("changes", PAGE_SIZE + 4, PAGE_SIZE + 3)
+    assert follower.mark.sequence == PAGE_SIZE + 4
+    assert cache.invalidated_keys == {"key-a", "key-b"}
+
+
+async def test_an_entry_that_names_no_key_clears_the_cache_and_resets_watchers() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    follower, watchers = await _told(feed, cache)
+    clears = cache.clears
+    feed.commit_unnamed(1)
+    await follower.sync()
+
+    assert cache.clears == clears + 1
+    assert watchers.heard[-1] == ("reset", 1, [])
+
+
+async def test_a_change_below_a_mark_already_handed_out_resets_watchers() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    follower, watchers = await _told(feed, cache)
+    feed.commit(5)
+    await follower.sync()
+    feed.commit(3)  # as a database replaced behind the feed's back would
+    await follower.sync()
+
+    assert watchers.heard[-2:] == [("changes", 5, ["key-5"]), ("reset", 5, [])]
+    assert follower.mark.sequence == 5
+
+
+async def test_the_mark_never_goes_back_when_the_database_is_replaced() -> None:
+    feed, cache = FakeFeed(), RecordingCache()
+    follower, watchers = await _told(feed, cache)
+    feed.commit(7)
+    await follower.sync()
+    feed.replace_database()
+    feed.commit(2)
+    await follower.sync()
+
+    assert follower.mark.sequence == 7
+    assert watchers.heard[-1] == ("reset", 7, [])

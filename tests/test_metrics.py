@@ -198,3 +198,20 @@ async def test_workers_are_served_as_one_endpoint_by_a_process_of_its_own(
 def _threads(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+async def test_the_watchers_gauge_counts_open_streams(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "var", args=["--metrics-listen", "127.0.0.1:0"]) as h:
+        streams = [h.authorize.WatchChanges(az.WatchChangesRequest()) for _ in range(3)]
+        for stream in streams:
+            assert (await stream.read()).WhichOneof("event") == "reset"
+        opened = await scrape(h.server.metrics_port)
+        streams[0].cancel()
+        closed = await scrape_until(
+            h.server.metrics_port, lambda samples: value(samples, "apikeys_watchers") == 2
+        )
+        for stream in streams[1:]:
+            stream.cancel()
+
+    assert value(opened, "apikeys_watchers") == 3
+    assert value(closed, "apikeys_watchers") == 2

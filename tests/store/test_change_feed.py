@@ -75,6 +75,7 @@ async def test_every_mutation_appears_once_in_the_order_taken(
     store: SqlKeyStore, make_key: KeyFactory
 ) -> None:
     position = await _start(store)
+    position_mark = (await store.changes_since(position, limit=1)).mark
     key = await store.create_key(make_key(), max_keys=LIMIT)
     await store.update_key("cc-1", key.id, KeyChanges(name="n"), actor_id="a", time=T1)
     await store.reveal_key("cc-1", key.id, actor_id="a", time=T1)
@@ -82,11 +83,14 @@ async def test_every_mutation_appears_once_in_the_order_taken(
 
     page = await read_changes(store, position, limit=1)
 
-    assert [(c.kind, c.lookup_hash) for c in page.changes] == [
-        (ChangeKind.CREATED, key.lookup_hash),
-        (ChangeKind.UPDATED, key.lookup_hash),
-        (ChangeKind.DELETED, key.lookup_hash),
+    assert [(c.kind, c.key_id, c.lookup_hash) for c in page.changes] == [
+        (ChangeKind.CREATED, key.id, key.lookup_hash),
+        (ChangeKind.UPDATED, key.id, key.lookup_hash),
+        (ChangeKind.DELETED, key.id, key.lookup_hash),
     ]
+    sequences = [c.sequence for c in page.changes]
+    assert sequences == sorted(sequences)
+    assert page.mark >= sequences[-1] > position_mark
     assert [c.seq for c in page.changes] == sorted({c.seq for c in page.changes})
     assert (await read_changes(store, page.position)).changes == ()
 
@@ -179,8 +183,9 @@ async def _delete_in_flight(
         await transaction.start()
         await connection.execute("DELETE FROM api_keys WHERE lookup_hash = $1", key.lookup_hash)
         seq = await connection.fetchval(
-            "INSERT INTO key_changes (lookup_hash, kind, time)"
-            " VALUES ($1, 'deleted', 0) RETURNING seq",
+            "INSERT INTO key_changes (key_id, lookup_hash, kind, time)"
+            " VALUES ($1, $2, 'deleted', 0) RETURNING seq",
+            key.id,
             key.lookup_hash,
         )
         created = [await store.create_key(make_key(), max_keys=LIMIT) for _ in range(later)]
@@ -202,18 +207,23 @@ async def test_a_change_committed_after_later_ones_were_read_is_still_read(
             # No reader may pass the running transaction's entry, however
             # often it reads meanwhile.
             read = stalled.read
+            marks = [read.mark]
             for _ in range(3):
                 read = await read_changes(store, read.position)
                 assert read.changes == ()
+                marks.append(read.mark)
             await stalled.commit()
 
         late = await read_changes(store, read.position)
     finally:
         await store.close()
 
-    assert [(c.seq, c.lookup_hash) for c in late.changes] == [
-        (stalled.seq, stalled.key.lookup_hash)
+    assert [(c.seq, c.key_id, c.lookup_hash) for c in late.changes] == [
+        (stalled.seq, stalled.key.id, stalled.key.lookup_hash)
     ]
+    # Every mark handed out while it was in flight is below it, so whoever
+    # holds an answer stamped with one drops it when the change arrives.
+    assert late.changes[0].sequence > max(marks)
 
 
 @pytest.mark.postgres
