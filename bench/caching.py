@@ -38,6 +38,7 @@ import json
 import os
 import pstats
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -740,6 +741,56 @@ def idle_profile(window: float, server_args: Sequence[str] = ()) -> None:
         )
 
 
+def idle_syscalls(window: float, server_args: Sequence[str] = ()) -> None:
+    """The server's system calls (``strace -c -f``) over ``window`` seconds
+    with no watcher and with 100 raw streams on connections of their own, and
+    the difference per heartbeat message. Nothing when strace is missing."""
+    from bench.suite import started
+
+    strace = shutil.which("strace")
+    if strace is None:
+        print("strace not found: no system call counts")
+        return
+    counts: dict[str, dict[str, int]] = {}
+    sent = 0.0
+    for kind in ("none", "raw"):
+        with (
+            started("traced", variant="real", server_args=server_args) as server,
+            holding(server, "raw", 1) as raw,
+        ):
+            if kind == "raw":
+                raw.open()
+            time.sleep(SETTLE_S)
+            command = ["timeout", "-s", "INT", f"{window:g}", strace, "-c", "-f", "-p"]
+            traced = subprocess.run(
+                [*command, str(server.process.pid)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if kind == "raw":
+                sent = raw.close()[0]["messages_per_s"] * window
+        counts[kind] = _syscall_counts(traced.stderr)
+    print(f"system calls with 100 raw streams minus without, per message of {sent:,.0f}:")
+    grown = sorted(counts["raw"], key=lambda n: counts["raw"][n] - counts["none"].get(n, 0))
+    for name in reversed(grown):
+        extra = counts["raw"][name] - counts["none"].get(name, 0)
+        if extra / sent >= 0.05:
+            print(f"{extra:9,d} {extra / sent:6.2f}  {name}")
+    total = sum(counts["raw"].values()) - sum(counts["none"].values())
+    print(f"{total:9,d} {total / sent:6.2f}  in all")
+
+
+def _syscall_counts(summary: str) -> dict[str, int]:
+    """Calls per system call from ``strace -c`` output."""
+    counts = {}
+    for line in summary.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            counts[fields[-1]] = int(fields[3])
+    return counts
+
+
 def _function(where: tuple[str, int, str]) -> str:
     file, line, name = where
     if file == "~":
@@ -919,6 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle_args = [] if args.watch_heartbeat is None else ["--watch-heartbeat", args.watch_heartbeat]
     if "idle-profile" in only:
         idle_profile(args.window, idle_args)
+        idle_syscalls(args.window, idle_args)
         only.discard("idle-profile")
         if not only:
             return 0
