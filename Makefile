@@ -95,7 +95,7 @@ check-generated: generate
 	@test -z "$$(git ls-files --others --exclude-standard $(GENERATED))" || \
 	  { echo "generated code has uncommitted files: run 'make generate' and commit" >&2; exit 1; }
 
-## The whole benchmark suite (about 9 minutes; the revocation section needs the local
+## The whole benchmark suite (about 10 minutes; the revocation section needs the local
 ## PostgreSQL, started here if down); see docs/BENCHMARKS.md.
 bench: $(STAMP) h2load postgres
 	$(PY) -m bench
