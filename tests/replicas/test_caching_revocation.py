@@ -346,11 +346,14 @@ async def test_a_client_whose_server_is_stopped_answers_nothing_from_memory_afte
         await warm(client, secret)
 
         outcomes: list[tuple[float, str]] = []  # (sent, after the stop; what came back)
+        hits_once_untrusted: int | None = None
         os.kill(server.process.pid, signal.SIGSTOP)
         stopped = time.monotonic()
         try:
             while (sent := time.monotonic() - stopped) < watched_for:
                 hits = client.hits
+                if sent >= trusted_for and hits_once_untrusted is None:
+                    hits_once_untrusted = hits
                 try:
                     decision = await client.check(secret, *USERS, timeout=0.1)
                 except (DeadlineExceeded, Unavailable) as exc:
@@ -362,6 +365,7 @@ async def test_a_client_whose_server_is_stopped_answers_nothing_from_memory_afte
                 await asyncio.sleep(0.01)
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+        assert client.hits == hits_once_untrusted
 
         # Once the server speaks again, memory is used again.
         assert await client.wait_fresh(STREAM_OPENS_S)
