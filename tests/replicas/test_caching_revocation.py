@@ -292,10 +292,17 @@ async def listener_kept_down(server: ServerProcess, database_url: str) -> AsyncI
                         terminated.add(row["pid"])
             await asyncio.sleep(KILL_EVERY_S)
 
+    def still_killing() -> None:
+        if killer.done():
+            killer.result()  # raises what stopped it
+            raise AssertionError("the listener killer stopped")
+
     killer = asyncio.create_task(keep_down())
     try:
         await eventually(lambda: bool(terminated) or killer.done(), within=5)
+        still_killing()
         yield terminated
+        still_killing()
     finally:
         killer.cancel()
         await asyncio.gather(killer, return_exceptions=True)
