@@ -207,9 +207,9 @@ async def revocation_latencies(
     return latencies
 
 
-def summary(latencies: Sequence[float]) -> str:
+def summary(latencies: Sequence[float], changes: str = "deletes") -> str:
     return (
-        f"revocation over {len(latencies)} deletes: "
+        f"revocation over {len(latencies)} {changes}: "
         f"p50 {statistics.median(latencies) * 1000:.1f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
@@ -241,3 +241,24 @@ def established_connections(pids: Sequence[int], port: int) -> Counter[int]:
             if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in owners:
                 counts[owners[inode]] += 1
     return counts
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local ports of the TCP connections process ``pid`` holds open:
+    on the other end, the client port a server reports for it."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
