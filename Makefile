@@ -140,8 +140,9 @@ image: image-tools $(BASE_TARBALL)
 	  echo "$(IMAGE) ($$(echo $${id#sha256:} | cut -c1-12)): $$(buildah images --noheading --format '{{.Size}}' $$id)"
 
 image-tools:
-	@for tool in $(IMAGE_PACKAGES); do command -v $$tool >/dev/null || exit 1; done || \
-	  $(APT_INSTALL) $(IMAGE_PACKAGES) || { apt-get update && $(APT_INSTALL) $(IMAGE_PACKAGES); }
+	@missing=; for tool in $(IMAGE_PACKAGES); do command -v $$tool >/dev/null || missing=1; done; \
+	  test -z "$$missing" || $(APT_INSTALL) $(IMAGE_PACKAGES) || \
+	  { apt-get update && $(APT_INSTALL) $(IMAGE_PACKAGES); }
 
 # Debian's own python3 on a minimal bookworm, without documentation.
 $(BASE_TARBALL):

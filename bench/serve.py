@@ -50,6 +50,8 @@ BASELINE_RESPONSE = authorize_pb2.CheckResponse(
     granted_scopes=["campaigns.read"],
     required_scopes=["campaigns.read"],
     route="GET /api/v4/campaigns",
+    revision=1,
+    cache_ttl={"seconds": 30},
 )
 BASELINE_BATCH = authorize_pb2.CheckBatchResponse(results=[BASELINE_RESPONSE] * 100)
 

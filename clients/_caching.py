@@ -270,34 +270,14 @@ def _answered(decisions: list[Decision | None]) -> list[Decision]:
     return [decision for decision in decisions if decision is not None]
 
 
-class CachingAuthorizeClient:
-    """A blocking ``Authorize`` client that answers repeated checks from memory.
+class _CachingClient:
+    """What both caching clients keep: their memory and how it answered."""
 
-    A drop-in for :class:`~clients.AuthorizeClient` (``check`` and
-    ``check_many``); see the module docstring for when an answer is reused.
-    A daemon thread keeps the ``WatchChanges`` stream open on the client's
-    channel. ``hits`` and ``misses`` count answers from memory and from the
-    server (a malformed key, answered locally, is neither); they are counted
-    without a lock, so with many threads they may undercount slightly.
-    """
-
-    def __init__(
-        self,
-        options: ChannelOptions | None = None,
-        *,
-        staleness: float = DEFAULT_STALENESS,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-    ) -> None:
+    def __init__(self, *, staleness: float, max_entries: int) -> None:
         self._memory = DecisionMemory(staleness=staleness, max_entries=max_entries)
         self._entries = self._memory.entries
-        self._authorize = AuthorizeClient(options)
         self._hits = 0
         self._misses = 0
-        self._closed = threading.Event()
-        self._follower = threading.Thread(
-            target=self._follow, name="apikeys-watch-changes", daemon=True
-        )
-        self._follower.start()
 
     @property
     def hits(self) -> int:
@@ -318,6 +298,33 @@ class CachingAuthorizeClient:
     def size(self) -> int:
         """Answers held now."""
         return len(self._entries)
+
+
+class CachingAuthorizeClient(_CachingClient):
+    """A blocking ``Authorize`` client that answers repeated checks from memory.
+
+    A drop-in for :class:`~clients.AuthorizeClient` (``check`` and
+    ``check_many``); see the module docstring for when an answer is reused.
+    A daemon thread keeps the ``WatchChanges`` stream open on the client's
+    channel. ``hits`` and ``misses`` count answers from memory and from the
+    server (a malformed key, answered locally, is neither); they are counted
+    without a lock, so with many threads they may undercount slightly.
+    """
+
+    def __init__(
+        self,
+        options: ChannelOptions | None = None,
+        *,
+        staleness: float = DEFAULT_STALENESS,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        super().__init__(staleness=staleness, max_entries=max_entries)
+        self._authorize = AuthorizeClient(options)
+        self._closed = threading.Event()
+        self._follower = threading.Thread(
+            target=self._follow, name="apikeys-watch-changes", daemon=True
+        )
+        self._follower.start()
 
     def wait_fresh(self, timeout: float) -> bool:
         """Waits up to ``timeout`` seconds for the stream to be fresh; whether it is."""
@@ -417,7 +424,7 @@ class CachingAuthorizeClient:
             self._closed.wait(_reconnect_delay(failures))
 
 
-class AsyncCachingAuthorizeClient:
+class AsyncCachingAuthorizeClient(_CachingClient):
     """The ``asyncio`` form of :class:`CachingAuthorizeClient`; create it inside
     the event loop. The stream is read by a task of that loop."""
 
@@ -429,33 +436,10 @@ class AsyncCachingAuthorizeClient:
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         loop = asyncio.get_running_loop()  # before the channel: outside a loop, open nothing
-        self._memory = DecisionMemory(staleness=staleness, max_entries=max_entries)
-        self._entries = self._memory.entries
+        super().__init__(staleness=staleness, max_entries=max_entries)
         self._authorize = AsyncAuthorizeClient(options)
-        self._hits = 0
-        self._misses = 0
         self._closed = False
         self._follower = loop.create_task(self._follow(), name="apikeys-watch-changes")
-
-    @property
-    def hits(self) -> int:
-        """Checks answered from memory."""
-        return self._hits
-
-    @property
-    def misses(self) -> int:
-        """Checks answered by the server."""
-        return self._misses
-
-    @property
-    def fresh(self) -> bool:
-        """Whether the stream spoke within ``staleness``: only then is memory used."""
-        return self._memory.fresh
-
-    @property
-    def size(self) -> int:
-        """Answers held now."""
-        return len(self._entries)
 
     async def wait_fresh(self, timeout: float) -> bool:  # noqa: ASYNC109 - a wait, not a call
         """Waits up to ``timeout`` seconds for the stream to be fresh; whether it is."""

@@ -196,12 +196,10 @@ class Authorizer:
             decision = self._decide(record, match)
             if decision.allowed:
                 self._usage.record(record.id)
-        if not ends:
+        left = (min(ends) - now).total_seconds() if ends else self._cache_ttl
+        if left >= self._cache_ttl:
             return self._stamp(decision, revision)
-        left = (min(ends) - now).total_seconds()
-        return dataclasses.replace(
-            decision, revision=revision.sequence, cache_ttl=max(0.0, min(self._cache_ttl, left))
-        )
+        return dataclasses.replace(decision, revision=revision.sequence, cache_ttl=max(0.0, left))
 
     def _stamp(self, decision: Decision, revision: Mark) -> Decision:
         stamped = self._stamped.get(decision, revision)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,9 +207,9 @@ async def revocation_latencies(
     return latencies
 
 
-def summary(latencies: Sequence[float]) -> str:
+def summary(latencies: Sequence[float], changes: str = "deletes") -> str:
     return (
-        f"revocation over {len(latencies)} deletes: "
+        f"revocation over {len(latencies)} {changes}: "
         f"p50 {statistics.median(latencies) * 1000:.1f} ms, "
         f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
@@ -223,21 +223,38 @@ def percentile(latencies: Sequence[float], fraction: float) -> float:
 def established_connections(pids: Sequence[int], port: int) -> Counter[int]:
     """How many established TCP connections to ``port`` each of ``pids``
     holds open, read from /proc: who accepted which connection."""
-    owners: dict[str, int] = {}
-    for pid in pids:
-        fd_dir = Path(f"/proc/{pid}/fd")
-        for fd in os.listdir(fd_dir):
-            try:
-                target = os.readlink(fd_dir / fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                owners[target[len("socket:[") : -1]] = pid
+    owners = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
     counts: Counter[int] = Counter()
+    for local_port, state, inode in _tcp_sockets():
+        if state == "01" and local_port == port and inode in owners:
+            counts[owners[inode]] += 1
+    return counts
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local ports of the TCP connections process ``pid`` holds open:
+    on the other end, the client port a server reports for it."""
+    inodes = _socket_inodes(pid)
+    return {local_port for local_port, _, inode in _tcp_sockets() if inode in inodes}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _tcp_sockets() -> Iterator[tuple[int, str, str]]:
+    """``(local port, state, inode)`` of every TCP socket on the machine."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in owners:
-                counts[owners[inode]] += 1
-    return counts
+            yield int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]

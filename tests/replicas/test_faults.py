@@ -23,6 +23,7 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
+from clients import AsyncCachingAuthorizeClient, ChannelOptions
 from server.store import migrate
 from tests.pg_cluster import ThrowawayCluster
 from tests.replicas.processes import (
@@ -35,6 +36,7 @@ from tests.replicas.processes import (
     server_process,
 )
 from tests.replicas.proxy import switching_proxy
+from voiso.apikeys.v1 import authorize_pb2 as az
 
 pytestmark = pytest.mark.postgres
 
@@ -199,8 +201,49 @@ async def test_after_failover_to_a_promoted_standby_missing_the_last_commits_a_d
                     await _commit_and_read(a, b, admin_keys, count=40)
                     assert (await b.check(secret)).allowed
 
-                    await asyncio.to_thread(standby.promote)
-                    await proxy.switch(standby.port)
-                    await _revoked_after_failover(a, b, admin_keys, key_id, secret)
+                    async with _watched(b) as heard, _caching_client(b, secret) as cached:
+                        await asyncio.to_thread(standby.promote)
+                        switched = time.monotonic()
+                        await proxy.switch(standby.port)
+                        await _revoked_after_failover(a, b, admin_keys, key_id, secret)
+                        # B's watchers were told to drop everything, and a
+                        # caching client of B refuses the key too.
+                        assert any(at > switched and event == "reset" for at, event in heard)
+                        decision = await cached.check(secret, "GET", "/api/v4/users")
+                        assert not decision.allowed
         finally:
             standby.destroy()
+
+
+@contextlib.asynccontextmanager
+async def _watched(server: ServerProcess) -> AsyncIterator[list[tuple[float, str]]]:
+    """The events of a ``WatchChanges`` stream on ``server``, as they arrive."""
+    heard: list[tuple[float, str]] = []
+    stream = server.authorize.WatchChanges(az.WatchChangesRequest())
+
+    async def read() -> None:
+        while (message := await stream.read()) is not grpc.aio.EOF:
+            heard.append((time.monotonic(), message.WhichOneof("event") or ""))
+
+    reading = asyncio.create_task(read())
+    try:
+        yield heard
+    finally:
+        stream.cancel()
+        reading.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _caching_client(
+    server: ServerProcess, secret: str
+) -> AsyncIterator[AsyncCachingAuthorizeClient]:
+    """A caching client of ``server`` that answers ``secret`` from memory."""
+    options = ChannelOptions(target=f"127.0.0.1:{server.port}", timeout=5.0)
+    async with AsyncCachingAuthorizeClient(options) as client:
+        assert await client.wait_fresh(5)
+        deadline = time.monotonic() + 10
+        while client.hits == 0:
+            assert (await client.check(secret, "GET", "/api/v4/users")).allowed
+            assert time.monotonic() < deadline, "never answered from memory"
+            await asyncio.sleep(0.01)
+        yield client

@@ -273,7 +273,7 @@ class _RecordingCache:
     def __init__(self) -> None:
         self.invalidated: list[bytes] = []
 
-    def invalidate(self, lookup_hashes: list[bytes]) -> None:
+    def invalidate(self, lookup_hashes: list[bytes], key_ids: set[str]) -> None:
         self.invalidated.extend(lookup_hashes)
 
     def forget_unknown(self, lookup_hashes: list[bytes]) -> None:

@@ -77,11 +77,17 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
     """Never sent."""
     CHANGE_KIND_CREATED: _ChangeKind.ValueType  # 1
+    """The key was created."""
     CHANGE_KIND_UPDATED: _ChangeKind.ValueType  # 2
+    """Its name, description, scopes, expiry or networks changed."""
     CHANGE_KIND_DELETED: _ChangeKind.ValueType  # 3
+    """It was deleted."""
     CHANGE_KIND_DISABLED: _ChangeKind.ValueType  # 4
+    """It was disabled."""
     CHANGE_KIND_ENABLED: _ChangeKind.ValueType  # 5
+    """It was enabled again."""
     CHANGE_KIND_ROLLED: _ChangeKind.ValueType  # 6
+    """Its secret was replaced."""
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
     """What happened to a key."""
@@ -89,11 +95,17 @@ class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
 CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
 """Never sent."""
 CHANGE_KIND_CREATED: ChangeKind.ValueType  # 1
+"""The key was created."""
 CHANGE_KIND_UPDATED: ChangeKind.ValueType  # 2
+"""Its name, description, scopes, expiry or networks changed."""
 CHANGE_KIND_DELETED: ChangeKind.ValueType  # 3
+"""It was deleted."""
 CHANGE_KIND_DISABLED: ChangeKind.ValueType  # 4
+"""It was disabled."""
 CHANGE_KIND_ENABLED: ChangeKind.ValueType  # 5
+"""It was enabled again."""
 CHANGE_KIND_ROLLED: ChangeKind.ValueType  # 6
+"""Its secret was replaced."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 @_typing.final

@@ -86,7 +86,7 @@ class AuthorizeServicer:
         caller may reuse Check answers until a change for their key arrives.
         The first message is a reset; a server that cannot read its change feed
         falls silent, and a caller that hears nothing for a while must stop
-        reusing answers. UNAVAILABLE when watching is turned off,
+        reusing answers. UNIMPLEMENTED when watching is turned off,
         RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
         this watcher fell too far behind.
         """

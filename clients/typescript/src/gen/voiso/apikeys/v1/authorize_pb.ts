@@ -426,31 +426,43 @@ export enum ChangeKind {
   UNSPECIFIED = 0,
 
   /**
+   * The key was created.
+   *
    * @generated from enum value: CHANGE_KIND_CREATED = 1;
    */
   CREATED = 1,
 
   /**
+   * Its name, description, scopes, expiry or networks changed.
+   *
    * @generated from enum value: CHANGE_KIND_UPDATED = 2;
    */
   UPDATED = 2,
 
   /**
+   * It was deleted.
+   *
    * @generated from enum value: CHANGE_KIND_DELETED = 3;
    */
   DELETED = 3,
 
   /**
+   * It was disabled.
+   *
    * @generated from enum value: CHANGE_KIND_DISABLED = 4;
    */
   DISABLED = 4,
 
   /**
+   * It was enabled again.
+   *
    * @generated from enum value: CHANGE_KIND_ENABLED = 5;
    */
   ENABLED = 5,
 
   /**
+   * Its secret was replaced.
+   *
    * @generated from enum value: CHANGE_KIND_ROLLED = 6;
    */
   ROLLED = 6,
@@ -499,7 +511,7 @@ export const Authorize: GenService<{
    * caller may reuse Check answers until a change for their key arrives.
    * The first message is a reset; a server that cannot read its change feed
    * falls silent, and a caller that hears nothing for a while must stop
-   * reusing answers. UNAVAILABLE when watching is turned off,
+   * reusing answers. UNIMPLEMENTED when watching is turned off,
    * RESOURCE_EXHAUSTED when the server has as many watchers as it takes or
    * this watcher fell too far behind.
    *
