@@ -3,6 +3,9 @@
 ``python -m bench`` (``make bench``) starts the real server and a baseline
 server whose ``Authorize`` servicer answers a constant ``CheckResponse`` on
 the same stack (``bench.serve``), drives them with h2load (``bench.h2``) and
-``apikeys loadtest``, measures the key cache's memory (``bench.memory``) and
-profiles the hot path (``bench.profile``), then prints one table.
+``apikeys loadtest``, sets the caching clients against the plain ones and
+measures what their watchers cost the server and how fast a change on
+another replica reaches them (``bench.caching``), measures the key cache's
+memory (``bench.memory``) and profiles the hot path (``bench.profile``),
+then prints one table.
 """

@@ -16,10 +16,12 @@ Three measurements, each a section of ``python -m bench`` too:
   blocking ``CachingAuthorizeClient``.
 - **Server CPU with idle watchers.** The server process's CPU time
   (``/proc/<pid>/stat`` utime + stime) over ``--window`` seconds with no
-  watcher, with 100 idle caching clients (``--holders`` processes of
-  ``AsyncCachingAuthorizeClient``, whose streams share one connection per
-  process), and with 100 raw ``WatchChanges`` streams each on a connection of
-  its own; the three alternate within each run.
+  watcher, with 100 idle ``AsyncCachingAuthorizeClient`` (one in each of 100
+  processes unless ``--holders`` says fewer; clients in one process share
+  its connection), and with 100 raw ``WatchChanges`` streams each on a
+  connection of its own; the three alternate within each run.
+  ``--only idle-profile`` (not part of the suite) shows where that CPU goes:
+  a cProfile of the server and its system calls, per heartbeat message.
 - **Revocation through another replica.** Two servers on one fresh
   PostgreSQL database; an ``AsyncCachingAuthorizeClient`` on replica B holds
   the answer for a key, the key is deleted (or its scopes changed) through
@@ -556,6 +558,7 @@ class Holders:
         return [json.loads(line) for line in self._answers()]
 
     def stop(self) -> None:
+        """Ends the processes: the end of their input tells them to."""
         for process in self._processes:
             with contextlib.suppress(OSError):
                 assert process.stdin is not None
