@@ -130,11 +130,6 @@ class Watch:
             self._events.append(event)
         self._ready.set()
 
-    @property
-    def cut_off(self) -> bool:
-        """Whether the watcher fell behind and was cut off."""
-        return self._cut_off
-
 
 class Watchers:
     """Every open watch of this process, fed by the change follower."""

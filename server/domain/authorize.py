@@ -149,13 +149,13 @@ class Authorizer:
         client = None
         if not method or not path or client_ip:
             client = _validate(method, path, client_ip)
-        if not has_key_format(key):
-            return self._stamp(KEY_MALFORMED, self._marks.mark)
-        lookup_hash = self._hasher.lookup_hash(key)
         # Taken before the key is read: every change up to it is in what the
         # read (or the cache, which drops a key before the mark passes its
         # change) returns.
         revision = self._marks.mark
+        if not has_key_format(key):
+            return self._stamp(KEY_MALFORMED, revision)
+        lookup_hash = self._hasher.lookup_hash(key)
         record = self._keys.cached(lookup_hash)
         # A cached key passed its checksum when it was made; any other key
         # proves it here, before anything else is spent on it.
