@@ -8,11 +8,19 @@ load CPU, and by ``h2load -c 4 -m 100`` for overload. Meanwhile one client
 makes paced ``Check`` calls with a 100 ms deadline on a connection of its
 own; the table gives their success rate and p99 for each attack and for a
 quiet run.
+
+    python -m bench.under_attack --queue [--runs 3]
+
+only the overload, to show where a legitimate call waits: the flood's rate
+and the legitimate calls' p50 and p90 (with a 1 s deadline, so that slow
+calls are measured rather than cut off), with the default streams per
+connection and with 16, servers alternating, ``--runs`` of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -120,13 +128,73 @@ def under_attack(report: Report, *, calls: int) -> None:
         report.target(f"legit checks >= 90% during {row.attack}", rate >= 0.9, f"{rate:.1%}")
 
 
+QUEUE_STREAMS = (100, 16)
+QUEUE_FLOOD_SECONDS = 6.0
+QUEUE_CALLS = 40
+
+
+def overload_queue(report: Report, *, runs: int) -> None:
+    """The flood's rate and the legitimate latency, by streams per connection."""
+    report.section(
+        "legitimate Check under h2load -c 4 -m 100, by streams per connection "
+        f"({QUEUE_CALLS} paced calls, 1 s deadline, own connection; {runs} runs each)"
+    )
+    report.row("streams per connection", "flood req/s", "legit p50 ms", "legit p90 ms", "legit OK")
+    figures: dict[int, list[tuple[float, float, float, int]]] = {n: [] for n in QUEUE_STREAMS}
+    for run in range(runs):
+        order = QUEUE_STREAMS if run % 2 == 0 else QUEUE_STREAMS[::-1]
+        for streams in order:
+            figures[streams].append(_flooded(streams))
+    for streams, measured in figures.items():
+        rps, p50, p90, ok = (statistics.median(column) for column in zip(*measured, strict=True))
+        report.row(
+            str(streams),
+            f"{rps:,.0f}",
+            f"{p50:.1f} ({min(m[1] for m in measured):.1f}-{max(m[1] for m in measured):.1f})",
+            f"{p90:.1f} ({min(m[2] for m in measured):.1f}-{max(m[2] for m in measured):.1f})",
+            f"{ok:.0f}/{QUEUE_CALLS}",
+        )
+    report.note(
+        "a legitimate call waits behind the flood's open calls (4 x streams per connection) "
+        "in grpc-core's queue: about that many divided by the flood's rate"
+    )
+
+
+def _flooded(streams: int) -> tuple[float, float, float, int]:
+    with started(
+        "queue", variant="real", server_args=["--max-streams-per-connection", str(streams)]
+    ) as server:
+        key = create_key(server, ["campaigns.read"])
+        flood = h2.start(
+            server.url(CHECK),
+            check_body(key),
+            clients=4,
+            streams=100,
+            duration=QUEUE_FLOOD_SECONDS,
+            cpu=LOAD_CPU,
+        )
+        time.sleep(1.0)
+        legit = attacks.legit_checks(
+            server.target, key, calls=QUEUE_CALLS, deadline=1.0, interval=0.03
+        )
+        flooded = h2.finish(flood, timeout=QUEUE_FLOOD_SECONDS + 30)
+    ordered = sorted(legit.latencies_ms) or [float("nan")]
+    p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+    return flooded.rps, statistics.median(ordered), p90, legit.succeeded
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the table."""
     parser = argparse.ArgumentParser(prog="python -m bench.under_attack")
     parser.add_argument("--calls", type=int, default=DEFAULT_CALLS)
+    parser.add_argument("--queue", action="store_true", help="only the overload, by streams")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each server with --queue")
     args = parser.parse_args(argv)
     report = Report()
-    under_attack(report, calls=args.calls)
+    if args.queue:
+        overload_queue(report, runs=args.runs)
+    else:
+        under_attack(report, calls=args.calls)
     return 0
 
 
