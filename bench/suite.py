@@ -131,6 +131,12 @@ class BenchServer:
     def url(self, method: str) -> str:
         return f"http://{self.target}{method}"
 
+    def resident_mib(self) -> float:
+        """The server process's resident memory."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
     def statements(self) -> int:
         """SQL statements the store has run so far."""
         time.sleep(3 * 0.1)
@@ -293,7 +299,7 @@ class Report:
         self._say(f"== {title}")
 
     def row(self, label: str, *cells: str) -> None:
-        self._say(f"  {label:<34}" + "".join(f"{cell:>30}" for cell in cells))
+        self._say(f"  {label:<34}" + "".join(f" {cell:>29}" for cell in cells))
 
     def note(self, text: str) -> None:
         self._say(f"  {text}")

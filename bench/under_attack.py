@@ -56,6 +56,7 @@ def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
 
     rows = [AttackRow(attack="quiet", legit=legit(), detail="")]
     for connections in (10, 100):
+        before = server.resident_mib()
         with attacks.attacker(
             server.target,
             "partial",
@@ -68,11 +69,13 @@ def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
         ) as process:
             sent = attacks.report_of(process)
             result = legit()
+            grown = server.resident_mib() - before
         rows.append(
             AttackRow(
                 attack=f"partly-sent streams, {connections} x 100",
                 legit=result,
-                detail=f"{sent['streams_reset']} of {sent['streams_opened']} streams refused",
+                detail=f"{sent['streams_reset']} of {sent['streams_opened']} streams refused, "
+                f"resident memory +{grown:.0f} MiB",
             )
         )
     with attacks.attacker(server.target, "rapid-reset", "--duration", attack_seconds) as process:

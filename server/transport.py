@@ -12,6 +12,11 @@ which attacks it has no setting for):
   any Python runs for them. That is what keeps rapid reset cheap.
 - ``grpc.max_receive_message_length`` bounds the bytes one request can make
   the server buffer.
+- ``grpc.http2.bdp_probe`` off keeps every flow-control window at HTTP/2's
+  64 KiB. With bandwidth-delay probes on, grpc-core advertises 4 MiB per
+  stream and per connection, so calls still queued in grpc-core (the ones
+  the service has not yet refused or read) can each hold megabytes. The
+  service's requests are small, so larger windows buy it nothing.
 - Idle and maximum age (with a grace period) close connections the server
   would otherwise keep forever; keepalive pings find dead peers, and a
   client pinging more often than allowed is sent GOAWAY after
@@ -68,6 +73,7 @@ class TransportLimits:
         """The grpc-core server arguments that enforce these bounds."""
         return [
             ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.max_concurrent_streams", self.max_streams_per_connection),
             ("grpc.http.overload_protection", 1),
             ("grpc.max_connection_idle_ms", _millis(self.connection_idle)),

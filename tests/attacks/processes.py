@@ -39,9 +39,7 @@ class Attacked:
 
     def resident_mib(self) -> float:
         """The server process's resident memory."""
-        status = Path(f"/proc/{self.server.process.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-        return int(line.split()[1]) / 1024
+        return self.server.resident_mib()
 
 
 @contextmanager

@@ -79,3 +79,20 @@ async def test_a_request_that_does_not_arrive_in_time_ends_its_call(tmp_path: Pa
     assert len(ended) == 5
     assert statuses == {str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])}
     assert response.reason == attacks.authorize_pb2.REASON_KEY_MALFORMED
+
+
+async def test_the_server_offers_no_window_larger_than_http2s_default(tmp_path: Path) -> None:
+    """The server offers HTTP/2's default 64 KiB windows, never the megabytes
+    that bandwidth probes would grow them to, so the calls still waiting in
+    grpc-core to be refused or read hold little of their callers' bytes."""
+    async with running_server(tmp_path / "var") as harness:
+        connection = await asyncio.to_thread(attacks.Connection, harness.target)
+        try:
+            for _ in range(5):
+                await asyncio.to_thread(connection.receive, 0.1)
+            stream_window = connection.h2.remote_settings.initial_window_size
+            connection_window = connection.h2.outbound_flow_control_window
+        finally:
+            connection.close()
+    assert stream_window == 65_535
+    assert connection_window == 65_535
