@@ -24,7 +24,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,9 @@ DEFAULT_CALLS = 200
 INTERVAL = 0.025
 # Each attack outlasts the legitimate calls made during it by this much.
 ATTACK_MARGIN = 5.0
+# The overload: h2load's connections and streams on each.
+OVERLOAD_CLIENTS = 4
+OVERLOAD_STREAMS = 100
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,25 +89,37 @@ def measure(server: BenchServer, key: str, calls: int) -> list[AttackRow]:
     rows.append(
         AttackRow(attack="rapid reset, 1 connection", legit=result, detail=f"{rate:,.0f} streams/s")
     )
-    flood = h2.start(
-        server.url(CHECK),
-        check_body(key),
-        clients=4,
-        streams=100,
-        duration=float(attack_seconds),
-        cpu=LOAD_CPU,
-    )
-    time.sleep(1.0)
-    result = legit()
-    flooded = h2.finish(flood, timeout=float(attack_seconds) + 30)
+    result, flood = overloaded(server, key, float(attack_seconds), legit)
     rows.append(
         AttackRow(
             attack="overload, h2load -c 4 -m 100",
             legit=result,
-            detail=f"{flooded.rps:,.0f} flood req/s",
+            detail=f"{flood.rps:,.0f} flood req/s",
         )
     )
     return rows
+
+
+def overloaded(
+    server: BenchServer,
+    key: str,
+    duration: float,
+    legit: Callable[[], attacks.LegitResult],
+) -> tuple[attacks.LegitResult, h2.H2Result]:
+    """``legit()`` while ``h2load -c 4 -m 100`` on the load CPU floods
+    ``server`` with checks of ``key`` for ``duration`` seconds, starting a
+    second into the flood; its result and the flood's."""
+    flood = h2.start(
+        server.url(CHECK),
+        check_body(key),
+        clients=OVERLOAD_CLIENTS,
+        streams=OVERLOAD_STREAMS,
+        duration=duration,
+        cpu=LOAD_CPU,
+    )
+    time.sleep(1.0)
+    result = legit()
+    return result, h2.finish(flood, timeout=duration + 30)
 
 
 def table(report: Report, rows: Sequence[AttackRow]) -> None:
@@ -172,22 +187,17 @@ def overload_queue(report: Report, *, runs: int) -> None:
 def _flooded(server_args: Sequence[str]) -> tuple[float, float, float, int]:
     with started("queue", variant="real", server_args=server_args) as server:
         key = create_key(server, ["campaigns.read"])
-        flood = h2.start(
-            server.url(CHECK),
-            check_body(key),
-            clients=4,
-            streams=100,
-            duration=QUEUE_FLOOD_SECONDS,
-            cpu=LOAD_CPU,
+        legit, flood = overloaded(
+            server,
+            key,
+            QUEUE_FLOOD_SECONDS,
+            lambda: attacks.legit_checks(
+                server.target, key, calls=QUEUE_CALLS, deadline=1.0, interval=0.03
+            ),
         )
-        time.sleep(1.0)
-        legit = attacks.legit_checks(
-            server.target, key, calls=QUEUE_CALLS, deadline=1.0, interval=0.03
-        )
-        flooded = h2.finish(flood, timeout=QUEUE_FLOOD_SECONDS + 30)
     ordered = sorted(legit.latencies_ms) or [float("nan")]
     p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-    return flooded.rps, statistics.median(ordered), p90, legit.succeeded
+    return flood.rps, statistics.median(ordered), p90, legit.succeeded
 
 
 def main(argv: Sequence[str] | None = None) -> int:

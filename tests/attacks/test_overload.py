@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from bench import attacks, h2
-from bench.suite import CHECK, LOAD_CPU, check_body
+from bench import attacks
+from bench.under_attack import overloaded
 from tests.attacks.processes import attacked_server
 from tests.harness import running_server
 from voiso.apikeys.v1 import authorize_pb2 as az
@@ -22,19 +22,14 @@ LEGIT_CHECKS = 100
 
 def test_checks_on_their_own_connection_succeed_while_h2load_saturates_the_server() -> None:
     with attacked_server() as attacked:
-        flood = h2.start(
-            attacked.server.url(CHECK),
-            check_body(attacked.key),
-            clients=4,
-            streams=100,
-            duration=OVERLOAD_SECONDS,
-            cpu=LOAD_CPU,
+        legit, flooded = overloaded(
+            attacked.server,
+            attacked.key,
+            OVERLOAD_SECONDS,
+            lambda: attacks.legit_checks(
+                attacked.target, attacked.key, calls=LEGIT_CHECKS, interval=0.03
+            ),
         )
-        time.sleep(1.0)
-        legit = attacks.legit_checks(
-            attacked.target, attacked.key, calls=LEGIT_CHECKS, interval=0.03
-        )
-        flooded = h2.finish(flood, timeout=OVERLOAD_SECONDS + 30)
     assert flooded.succeeded > 10_000
     assert legit.success_rate >= 0.9, legit.codes
 
