@@ -31,7 +31,9 @@ def test_checks_on_their_own_connection_succeed_while_h2load_saturates_the_serve
             ),
         )
     assert flooded.succeeded > 10_000
-    assert legit.success_rate >= 0.9, legit.codes
+    # A legitimate call waits behind the flood's 400 open calls in grpc-core's
+    # queue (docs/LIMITS.md), so the flood's rate says how long that took.
+    assert legit.success_rate >= 0.9, (legit.codes, f"{flooded.rps:,.0f} flood req/s")
 
 
 async def test_a_connection_past_its_share_is_refused_at_once_while_another_is_served(
