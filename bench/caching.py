@@ -161,8 +161,8 @@ async def _async_loop(
     check: Callable[[str], Awaitable[object]], keys: Sequence[str], duration: float
 ) -> dict[str, float]:
     """:func:`_sync_loop` with ``await``; the loop yields to the event loop
-    once per pass over the keys, as a service yields between requests: a
-    hit never suspends, so without it the stream task would never run."""
+    once per pass over the keys, as a service yields between requests (a
+    hit suspends only every few milliseconds on its own)."""
     clock = time.perf_counter
     calls = 0
     began = clock()
@@ -349,7 +349,7 @@ async def _trials(args: argparse.Namespace) -> None:
                     break
                 if refused - sent > GIVE_UP_S:
                     raise RuntimeError(f"still allowed {GIVE_UP_S:g} s after the change")
-                # A hit does not suspend; this lets the stream task read.
+                # A turn between checks, as a service's loop has between requests.
                 await asyncio.sleep(0)
             if change == "scopes":
                 await admin.delete_key(key.id)

@@ -67,6 +67,10 @@ DEFAULT_STALENESS: Final = 1.0
 DEFAULT_MAX_ENTRIES: Final = 10_000
 """Answers kept at most (and key ids in the change record)."""
 
+YIELD_INTERVAL: Final = 0.005
+"""The asyncio client gives its event loop a turn at least this often
+(seconds): a check answered from memory does not otherwise suspend, and a
+loop of them would keep the task that reads the stream from running."""
 INITIAL_RECONNECT_DELAY: Final = 0.05
 MAX_RECONNECT_DELAY: Final = 1.0
 
@@ -440,6 +444,7 @@ class AsyncCachingAuthorizeClient(_CachingClient):
         self._authorize = AsyncAuthorizeClient(options)
         self._closed = False
         self._follower = loop.create_task(self._follow(), name="apikeys-watch-changes")
+        self._yield_at = 0.0
 
     async def wait_fresh(self, timeout: float) -> bool:  # noqa: ASYNC109 - a wait, not a call
         """Waits up to ``timeout`` seconds for the stream to be fresh; whether it is."""
@@ -460,13 +465,15 @@ class AsyncCachingAuthorizeClient(_CachingClient):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Decision:
         """As :meth:`AsyncAuthorizeClient.check`, from memory when the rules allow."""
+        now = monotonic()
+        if now >= self._yield_at:
+            await self._let_the_stream_in()
+            now = monotonic()
         cache_key = (key_or_header, method, path, client_ip or "")
         entry = self._entries.get(cache_key)
-        if entry is not None:
-            now = monotonic()
-            if now < entry[0] and now < self._memory.fresh_until:
-                self._hits += 1
-                return entry[1]
+        if entry is not None and now < entry[0] and now < self._memory.fresh_until:
+            self._hits += 1
+            return entry[1]
         key = key_from_authorization(key_or_header)
         if not is_well_formed(key):
             return _MALFORMED
@@ -489,6 +496,8 @@ class AsyncCachingAuthorizeClient(_CachingClient):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> list[Decision]:
         """The awaitable form of :meth:`CachingAuthorizeClient.check_many`."""
+        if monotonic() >= self._yield_at:
+            await self._let_the_stream_in()
         memory = self._memory
         decisions, asked, hits = _recall(memory, items)
         self._hits += hits
@@ -501,6 +510,12 @@ class AsyncCachingAuthorizeClient(_CachingClient):
             self._misses += len(asked)
             _settle(memory, items, decisions, asked, responses, epoch=epoch, sent_at=sent_at)
         return _answered(decisions)
+
+    async def _let_the_stream_in(self) -> None:
+        # Before memory is read, never between reading it and answering: what
+        # the stream applies during the turn is seen by this check.
+        self._yield_at = monotonic() + YIELD_INTERVAL
+        await asyncio.sleep(0)
 
     async def close(self) -> None:
         """Stops the stream and closes the channel; calls in flight are cancelled.

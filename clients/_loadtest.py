@@ -337,8 +337,8 @@ async def run_load(
                 continue
             record(max(1, int((perf_counter() - begin) * 1_000_000)))
             count(kind, decision.reason.value)
-            # A hit never suspends; without this one worker would keep the
-            # loop, and the stream that keeps the memory fresh would starve.
+            # A hit suspends only every few milliseconds; a turn per check
+            # keeps the workers' shares of the loop even.
             await asyncio.sleep(0)
 
     reporter = None
