@@ -282,9 +282,13 @@ class Figure:
     def spread(self, digits: int = 0) -> str:
         return f"{min(self.values):,.{digits}f}-{max(self.values):,.{digits}f}"
 
+    def described(self, digits: int = 0) -> str:
+        """The median and, in brackets, the spread."""
+        return f"{self.median:,.{digits}f} ({self.spread(digits)})"
+
 
 def _fmt(figure: Figure, digits: int = 0) -> str:
-    return f"{figure.median:,.{digits}f} ({figure.spread(digits)})"
+    return figure.described(digits)
 
 
 class Report:

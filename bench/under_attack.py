@@ -29,7 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import attacks, h2
-from bench.suite import CHECK, LOAD_CPU, BenchServer, Report, check_body, create_key, started
+from bench.suite import (
+    CHECK,
+    LOAD_CPU,
+    BenchServer,
+    Figure,
+    Report,
+    check_body,
+    create_key,
+    started,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CALLS = 200
@@ -169,13 +178,13 @@ def overload_queue(report: Report, *, runs: int) -> None:
         for name in names if run % 2 == 0 else names[::-1]:
             figures[name].append(_flooded(QUEUE_SERVERS[name]))
     for name, measured in figures.items():
-        rps, p50, p90, ok = (statistics.median(column) for column in zip(*measured, strict=True))
+        rps, p50, p90, ok = (Figure(values=column) for column in zip(*measured, strict=True))
         report.row(
             name,
-            f"{rps:,.0f} ({min(m[0] for m in measured):,.0f}-{max(m[0] for m in measured):,.0f})",
-            f"{p50:.1f} ({min(m[1] for m in measured):.1f}-{max(m[1] for m in measured):.1f})",
-            f"{p90:.1f} ({min(m[2] for m in measured):.1f}-{max(m[2] for m in measured):.1f})",
-            f"{ok:.0f}/{QUEUE_CALLS}",
+            rps.described(),
+            p50.described(1),
+            p90.described(1),
+            f"{ok.median:.0f}/{QUEUE_CALLS}",
         )
     report.note(
         "a legitimate call waits behind the flood's open calls (4 x streams per connection) "

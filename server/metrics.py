@@ -70,6 +70,10 @@ HANDLING_BUCKETS: Final = (
 _CODES: Final = {status.value[0]: status.name for status in grpc.StatusCode}
 _REQUEST_LIMIT_BYTES = 8192
 _REQUEST_TIMEOUT_S = 5.0
+# A worker's metrics file can be caught between being created and sized, or
+# between being listed and removed: rendering is tried again a moment later.
+_RENDER_ATTEMPTS = 3
+_RENDER_RETRY_S = 0.01
 # How the workers' gauges combine: summed over the live workers, or the
 # largest of them.
 _GAUGE_MODES: Final = {
@@ -362,8 +366,10 @@ async def serve_metrics(
             status, body = b"405 Method Not Allowed", b""
         elif target != b"/metrics":
             status, body = b"404 Not Found", b""
+        elif (rendered := await _rendered(render)) is None:
+            status, body = b"500 Internal Server Error", b""
         else:
-            status, body = b"200 OK", render()
+            status, body = b"200 OK", rendered
         writer.write(
             b"HTTP/1.1 " + status + b"\r\n"
             b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
@@ -377,6 +383,20 @@ async def serve_metrics(
     if sock is not None:
         return await asyncio.start_server(answer, sock=sock, limit=_REQUEST_LIMIT_BYTES)
     return await asyncio.start_server(answer, host, port, limit=_REQUEST_LIMIT_BYTES)
+
+
+async def _rendered(render: Callable[[], bytes]) -> bytes | None:
+    """``render()``, tried up to ``_RENDER_ATTEMPTS`` times; ``None`` (logged)
+    if every attempt failed."""
+    for attempt in range(1, _RENDER_ATTEMPTS + 1):
+        try:
+            return render()
+        except Exception:
+            if attempt == _RENDER_ATTEMPTS:
+                log.exception("cannot render the metrics", extra={"attempts": attempt})
+                return None
+        await asyncio.sleep(_RENDER_RETRY_S)
+    return None
 
 
 def render_registry(registry: CollectorRegistry) -> Callable[[], bytes]:

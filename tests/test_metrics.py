@@ -11,9 +11,11 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.domain.keys import generate_key
+from server.metrics import render_registry, serve_metrics, workers_registry
 from tests.api.rpc import rpc_error
 from tests.api.test_ext_authz import call as envoy_call
 from tests.api.test_ext_authz import envoy_check
@@ -215,3 +217,49 @@ async def test_the_watchers_gauge_counts_open_streams(tmp_path: Path) -> None:
 
     assert value(opened, "apikeys_watchers") == 3
     assert value(closed, "apikeys_watchers") == 2
+
+
+async def test_a_workers_file_caught_half_made_is_answered_500_and_read_again_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's metrics file caught between being created and sized (here
+    one that stays empty) cannot be read: the scrape is answered 500 rather
+    than the connection dropped, and once the file is whole it is read."""
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    server = await serve_metrics(
+        render_registry(workers_registry(tmp_path)), host="127.0.0.1", port=0
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient() as client:
+            broken = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            (tmp_path / "counter_4242.db").unlink()
+            whole = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert broken.status_code == 500
+    assert broken.content == b""
+    assert [r.message for r in caplog.records] == ["cannot render the metrics"]
+    assert whole.status_code == 200
+
+
+async def test_a_render_that_fails_once_is_tried_again() -> None:
+    calls = 0
+
+    def render() -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise FileNotFoundError("a worker's file removed after it was listed")
+        return b"apikeys_up 1\n"
+
+    server = await serve_metrics(render, host="127.0.0.1", port=0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (response.status_code, response.content, calls) == (200, b"apikeys_up 1\n", 2)
