@@ -286,7 +286,7 @@ def create_channel(options: ChannelOptions) -> grpc.Channel:
         return grpc.secure_channel(
             options.target, _credentials(options), options=_channel_arguments(options)
         )
-    return grpc.insecure_channel(options.target)
+    return grpc.insecure_channel(options.target, options=_channel_arguments(options))
 
 
 def create_aio_channel(
@@ -317,10 +317,18 @@ def _credentials(options: ChannelOptions) -> grpc.ChannelCredentials:
     )
 
 
+NO_BANDWIDTH_PROBES: Final = ("grpc.http2.bdp_probe", 0)
+"""On every channel. grpc-core pings the server now and then as answers
+arrive, to size its windows for bulk transfers; the service's answers are
+small, so that buys nothing, and each ping costs the server a read and a
+reply. On an open ``WatchChanges`` stream it was a ping for about every
+third heartbeat (docs/BENCHMARKS.md)."""
+
+
 def _channel_arguments(options: ChannelOptions) -> list[tuple[str, str | int]]:
     if options.tls_server_name is None:
-        return []
-    return [("grpc.ssl_target_name_override", options.tls_server_name)]
+        return [NO_BANDWIDTH_PROBES]
+    return [NO_BANDWIDTH_PROBES, ("grpc.ssl_target_name_override", options.tls_server_name)]
 
 
 class ChannelClient:

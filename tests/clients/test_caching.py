@@ -307,3 +307,68 @@ async def test_loadtest_with_cache_reports_answers_from_memory(
 def test_the_async_client_refuses_to_start_outside_an_event_loop() -> None:
     with pytest.raises(RuntimeError, match="no running event loop"):
         AsyncCachingAuthorizeClient(ChannelOptions(target="127.0.0.1:1"))
+
+
+class PingCounter:
+    """A TCP proxy to a server that counts the HTTP/2 PINGs the client sends."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    PING, ACK = 0x6, 0x1
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.pings = 0
+        self.frames = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, _, port = self.upstream.rpartition(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        try:
+            await asyncio.gather(self._client_side(reader, up_writer), _pump(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
+
+    async def _client_side(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        preface = await reader.readexactly(len(self.PREFACE))
+        assert preface == self.PREFACE
+        writer.write(preface)
+        while True:
+            header = await reader.readexactly(9)
+            payload = await reader.readexactly(int.from_bytes(header[:3], "big"))
+            self.frames += 1
+            if header[3] == self.PING and not header[4] & self.ACK:
+                self.pings += 1
+            writer.write(header + payload)
+            await writer.drain()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
+async def test_a_caching_client_sends_the_server_no_pings(
+    harness: Harness, open_client: Opener
+) -> None:
+    """Answers and heartbeats are small: a client that pinged to size its
+    windows for them would cost the server a read and a reply each time
+    (about one heartbeat in three with grpc-core's bandwidth probes on)."""
+    _, secret = await create_key(harness, ["users.read"])
+    counter = PingCounter(harness.target)
+    proxy = await asyncio.start_server(counter.handle, "127.0.0.1", 0)
+    try:
+        client = await open_client(f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+        for _ in range(5):
+            assert (await client.check(secret, *USERS)).allowed
+        await asyncio.sleep(2.0)  # eight heartbeats
+        assert client.fresh
+    finally:
+        proxy.close()
+    assert counter.frames > 8
+    assert counter.pings == 0
