@@ -33,6 +33,7 @@ from clients._keys import well_formed_key
 from clients.cli import main
 from tests.clients.caching import REFUSED_WITHIN, USERS, Opener, create_key
 from tests.harness import Harness, running_server
+from tests.replicas.proxy import pump
 from voiso.apikeys.v1 import key_admin_pb2
 
 
@@ -324,7 +325,7 @@ class PingCounter:
         host, _, port = self.upstream.rpartition(":")
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
         try:
-            await asyncio.gather(self._client_side(reader, up_writer), _pump(up_reader, writer))
+            await asyncio.gather(self._client_side(reader, up_writer), pump(up_reader, writer))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -345,12 +346,6 @@ class PingCounter:
                 self.pings += 1
             writer.write(header + payload)
             await writer.drain()
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
 
 
 async def test_a_caching_client_sends_the_server_no_pings(

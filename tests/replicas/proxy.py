@@ -42,7 +42,7 @@ class SwitchingProxy:
             self._pipes.discard(task)
             return
         try:
-            await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
+            await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
         except asyncio.CancelledError:
             pass
         finally:
@@ -51,7 +51,8 @@ class SwitchingProxy:
             self._pipes.discard(task)
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copies ``reader`` to ``writer`` until either side closes, then cuts ``writer``."""
     with contextlib.suppress(OSError):
         while data := await reader.read(CHUNK):
             writer.write(data)
