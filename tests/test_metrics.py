@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -219,6 +220,17 @@ async def test_the_watchers_gauge_counts_open_streams(tmp_path: Path) -> None:
     assert value(closed, "apikeys_watchers") == 2
 
 
+@asynccontextmanager
+async def metrics_served(render: Callable[[], bytes]) -> AsyncIterator[str]:
+    """``serve_metrics(render)`` on a free port; yields its /metrics URL."""
+    server = await serve_metrics(render, host="127.0.0.1", port=0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/metrics"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_workers_file_caught_half_made_is_answered_500_and_read_again_later(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -226,18 +238,11 @@ async def test_a_workers_file_caught_half_made_is_answered_500_and_read_again_la
     one that stays empty) cannot be read: the scrape is answered 500 rather
     than the connection dropped, and once the file is whole it is read."""
     (tmp_path / "counter_4242.db").write_bytes(b"")
-    server = await serve_metrics(
-        render_registry(workers_registry(tmp_path)), host="127.0.0.1", port=0
-    )
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with httpx.AsyncClient() as client:
-            broken = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-            (tmp_path / "counter_4242.db").unlink()
-            whole = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    finally:
-        server.close()
-        await server.wait_closed()
+    render = render_registry(workers_registry(tmp_path))
+    async with metrics_served(render) as url, httpx.AsyncClient() as client:
+        broken = await client.get(url, timeout=5)
+        (tmp_path / "counter_4242.db").unlink()
+        whole = await client.get(url, timeout=5)
     assert broken.status_code == 500
     assert broken.content == b""
     assert [r.message for r in caplog.records] == ["cannot render the metrics"]
@@ -254,12 +259,6 @@ async def test_a_render_that_fails_once_is_tried_again() -> None:
             raise FileNotFoundError("a worker's file removed after it was listed")
         return b"apikeys_up 1\n"
 
-    server = await serve_metrics(render, host="127.0.0.1", port=0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with httpx.AsyncClient() as client:
-            response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with metrics_served(render) as url, httpx.AsyncClient() as client:
+        response = await client.get(url, timeout=5)
     assert (response.status_code, response.content, calls) == (200, b"apikeys_up 1\n", 2)
