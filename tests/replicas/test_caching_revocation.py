@@ -209,14 +209,35 @@ DISABLE = Change("disable", _disable, Reason.KEY_DISABLED)
 CHANGES = (DELETE, RESCOPE, DISABLE)
 
 
+async def refused_after(
+    pair: Pair, client: AsyncCachingAuthorizeClient, change: Change, key_id: str, secret: str
+) -> float:
+    """Once ``client`` answers ``secret`` from memory, ``change`` through A;
+    the seconds from sending the change to the client's refusal."""
+    await warm(client, secret)
+    since = time.perf_counter()
+    await change.make(pair.a, pair.admin_keys, key_id)
+    return await seconds_until_refused(client, secret, change.refusal, since)
+
+
+async def fresh_again(client: AsyncCachingAuthorizeClient, secret: str) -> float:
+    """Waits for ``client``'s stream to be fresh again; checks that the first
+    check after that is asked of the server (nothing held from before is
+    reused); the seconds it took to be fresh."""
+    started = time.monotonic()
+    assert await client.wait_fresh(STREAM_OPENS_S)
+    reconnected = time.monotonic() - started
+    hits, misses = client.hits, client.misses
+    assert (await client.check(secret, *USERS)).allowed
+    assert (client.hits, client.misses) == (hits, misses + 1)
+    return reconnected
+
+
 async def trial(pair: Pair, client: AsyncCachingAuthorizeClient, change: Change) -> float:
     """A key held in the memory of ``client`` (on B) is changed through A;
     the seconds from sending the change to the client's refusal."""
     key_id, secret = await new_key_applied_by(pair.a, pair.b, pair.admin_keys)
-    await warm(client, secret)
-    since = time.perf_counter()
-    await change.make(pair.a, pair.admin_keys, key_id)
-    latency = await seconds_until_refused(client, secret, change.refusal, since)
+    latency = await refused_after(pair, client, change, key_id, secret)
     if change is not DELETE:
         # A contact center holds at most 50 keys, disabled ones included.
         await delete_key(pair.a, pair.admin_keys, key_id)
@@ -442,18 +463,10 @@ async def test_a_client_moved_to_another_replica_keeps_nothing_it_was_told_by_th
         assert client.hits == hits
 
         await proxy.switch(pair.a.port)
-        switched = time.monotonic()
-        assert await client.wait_fresh(STREAM_OPENS_S)
-        reconnected = time.monotonic() - switched
-        misses = client.misses
         # What B said is gone: the first check after the switch asks A.
-        assert (await client.check(secret, *USERS)).allowed
-        assert (client.hits, client.misses) == (hits, misses + 1)
-        await warm(client, secret)
-
-        since = time.perf_counter()
-        await DELETE.make(pair.a, pair.admin_keys, key_id)
-        latency = await seconds_until_refused(client, secret, DELETE.refusal, since)
+        reconnected = await fresh_again(client, secret)
+        assert client.hits == hits
+        latency = await refused_after(pair, client, DELETE, key_id, secret)
 
     print(
         f"\nmoved from B to A: fresh on A {reconnected * 1000:.0f} ms after the switch;"
@@ -479,18 +492,9 @@ async def test_a_client_recovers_when_its_server_restarts_on_the_same_port(
             args=REPLICA_ARGS,
             port=pair.b.port,
         ) as restarted:
-            serving = time.monotonic()
-            assert await client.wait_fresh(STREAM_OPENS_S)
-            reconnected = time.monotonic() - serving
-            hits, misses = client.hits, client.misses
             # Asked after the restart, then answered from memory again.
-            assert (await client.check(secret, *USERS)).allowed
-            assert (client.hits, client.misses) == (hits, misses + 1)
-            await warm(client, secret)
-
-            since = time.perf_counter()
-            await RESCOPE.make(pair.a, pair.admin_keys, key_id)
-            latency = await seconds_until_refused(client, secret, RESCOPE.refusal, since)
+            reconnected = await fresh_again(client, secret)
+            latency = await refused_after(pair, client, RESCOPE, key_id, secret)
             assert "Traceback" not in restarted.log.read_text()
 
     print(
